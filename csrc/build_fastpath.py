@@ -1,0 +1,59 @@
+"""cffi builder for vswitch._fastpath (out-of-line API mode).
+
+fastpath.h is the single declaration of the C API: the C sources include it and
+this builder feeds it, minus its preprocessor lines, to cdef().
+
+Build knobs (environment):
+  VSWITCH_CFLAGS    extra compiler flags, e.g. "-O1 -g -fsanitize=address,undefined"
+  VSWITCH_LDFLAGS   extra linker flags
+"""
+
+import os
+import re
+from pathlib import Path
+
+from cffi import FFI
+
+HERE = Path(__file__).resolve().parent
+# setuptools wants sources relative to the project root, and runs from there.
+ROOT = HERE.parent
+SOURCES = sorted(str(p.relative_to(ROOT)) for p in HERE.glob("vs_*.c"))
+_DEFINE = re.compile(r"^#define\s+\w+\s+-?\d+\s*$")
+
+
+def cdef_text() -> str:
+    lines = []
+    for line in (HERE / "fastpath.h").read_text().splitlines():
+        if line.startswith("#") and not _DEFINE.match(line):
+            continue
+        lines.append(line)
+    return "\n".join(lines)
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(cdef_text())
+ffibuilder.set_source(
+    "vswitch._fastpath",
+    '#include "fastpath.h"',
+    sources=SOURCES,
+    include_dirs=[str(HERE)],
+    extra_compile_args=[
+        "-O2",
+        "-std=gnu11",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-Wno-unused-parameter",
+        *os.environ.get("VSWITCH_CFLAGS", "").split(),
+    ],
+    extra_link_args=os.environ.get("VSWITCH_LDFLAGS", "").split(),
+)
+
+if __name__ == "__main__":
+    # In-place build for development and the sanitizer tests:
+    #   python csrc/build_fastpath.py [OUTDIR]  ->  OUTDIR/vswitch/_fastpath*.so
+    import sys
+
+    out = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else ROOT
+    os.chdir(ROOT)
+    ffibuilder.compile(tmpdir=str(out), verbose=False)

@@ -1,0 +1,143 @@
+/*
+ * vswitch fast path: the public API.
+ *
+ * This file is read twice: by the C compiler and, with its preprocessor lines
+ * removed (all but integer #defines), by cffi's cdef().  Keep it cdef-clean:
+ * plain structs, integer #defines, prototypes.  Internals live in vs_internal.h.
+ *
+ * Vocabulary, always from the switch's point of view:
+ *   rx  = frames the switch receives from a port (the guest's TX virtqueue)
+ *   tx  = frames the switch sends to a port (the guest's RX virtqueue)
+ * Queue indexes follow virtio-net: 0 is the guest's receive queue, 1 its
+ * transmit queue; queue pair n uses 2n and 2n+1 (room for multiqueue).
+ *
+ * Threading: every call for a given switch comes from one thread at a time.
+ * Today that is the asyncio loop; the poll thread of the performance work
+ * will take the same calls after the control plane quiesces it.
+ */
+#include <stdint.h>
+
+#define VS_MAX_PORTS 256
+#define VS_MAX_QUEUES 2
+#define VS_MAX_MEM_REGIONS 8
+#define VS_MAX_RING_SIZE 32768
+#define VS_MIN_MTU 68
+#define VS_MAX_MTU 9000
+#define VS_BURST 32
+
+/* Port kinds. */
+#define VS_PORT_VHOST 1
+
+/* vs_port_state() bits. */
+#define VS_STATE_OPEN 1
+#define VS_STATE_UP 2
+#define VS_STATE_BROKEN 4
+
+/* vs_fdb_entry.flags */
+#define VS_FDB_STATIC 1
+
+/* Virtio feature bits the fast path looks at (virtio 1.2 5.1.3, 6). */
+#define VS_F_MRG_RXBUF 15
+#define VS_F_INDIRECT_DESC 28
+#define VS_F_EVENT_IDX 29
+#define VS_F_VERSION_1 32
+
+struct vs_switch;
+
+/* One region of a front end's memory table (vhost-user SET_MEM_TABLE). */
+struct vs_mem_region {
+    uint64_t guest_phys_addr;
+    uint64_t size;
+    uint64_t user_addr;     /* the front end's virtual address */
+    uint64_t mmap_offset;   /* where the region starts in fd */
+    int fd;                 /* borrowed: the caller keeps ownership */
+};
+
+struct vs_port_stats {
+    uint64_t rx_packets;
+    uint64_t rx_bytes;
+    uint64_t tx_packets;
+    uint64_t tx_bytes;
+    uint64_t rx_drop_runt;          /* shorter than an Ethernet header */
+    uint64_t rx_drop_too_long;      /* longer than the port's MTU allows */
+    uint64_t rx_drop_bad_hdr;       /* virtio-net header asks for offloads never negotiated */
+    uint64_t rx_drop_bad_desc;      /* descriptor chain failed validation */
+    uint64_t tx_drop_no_buffer;     /* the guest had no room in its RX ring */
+    uint64_t tx_drop_port_down;     /* destination known but not up */
+    uint64_t tx_drop_too_long;      /* frame longer than the destination's MTU allows */
+    uint64_t tx_flood;              /* copies sent to this port by flooding */
+    uint64_t ring_errors;           /* times a ring of this port was stopped as broken */
+    uint64_t kicks;                 /* wake-ups from the guest */
+    uint64_t calls;                 /* interrupts sent to the guest */
+    uint64_t fdb_learned;           /* addresses learned on this port */
+    uint64_t fdb_moved;             /* addresses that moved to this port */
+};
+
+struct vs_switch_stats {
+    uint64_t fdb_entries;
+    uint64_t fdb_capacity;
+    uint64_t fdb_full;              /* learning skipped: table full (frames still flood) */
+    uint64_t fdb_aged;
+    uint64_t flooded;               /* frames flooded (unknown unicast, broadcast, multicast) */
+};
+
+struct vs_fdb_entry {
+    uint64_t mac;                   /* 48-bit address, first octet in bits 47..40 */
+    uint32_t port;
+    uint16_t vlan;
+    uint16_t flags;
+    uint32_t age;                   /* seconds since last seen */
+};
+
+/* Switch. */
+struct vs_switch *vs_switch_new(uint32_t fdb_size);
+void vs_switch_free(struct vs_switch *sw);
+void vs_switch_get_stats(struct vs_switch *sw, struct vs_switch_stats *out);
+
+/* Ports.  Returns are 0 or a negative errno unless said otherwise. */
+int vs_port_open(struct vs_switch *sw, uint32_t port, uint32_t kind, uint32_t mtu);
+void vs_port_close(struct vs_switch *sw, uint32_t port);
+/* Forget everything the front end set up (disconnect, RESET_OWNER, reset status). */
+void vs_port_reset(struct vs_switch *sw, uint32_t port);
+int vs_port_set_mtu(struct vs_switch *sw, uint32_t port, uint32_t mtu);
+int vs_port_set_features(struct vs_switch *sw, uint32_t port, uint64_t features);
+/* Map a new memory table; the old one is unmapped only once the new one is
+ * in place and every ring has been translated again. */
+int vs_port_set_mem(struct vs_switch *sw, uint32_t port,
+                    const struct vs_mem_region *regions, uint32_t n);
+uint32_t vs_port_state(struct vs_switch *sw, uint32_t port);
+/* Why the port was marked broken; "" when it is not. */
+const char *vs_port_error(struct vs_switch *sw, uint32_t port);
+void vs_port_get_stats(struct vs_switch *sw, uint32_t port, struct vs_port_stats *out);
+
+/* Virtqueues (vhost-user SET_VRING_*). */
+int vs_vring_set_num(struct vs_switch *sw, uint32_t port, uint32_t q, uint32_t num);
+int vs_vring_set_addr(struct vs_switch *sw, uint32_t port, uint32_t q,
+                      uint64_t desc_uaddr, uint64_t used_uaddr, uint64_t avail_uaddr);
+int vs_vring_set_base(struct vs_switch *sw, uint32_t port, uint32_t q, uint32_t base);
+/* Stop the ring and return the index of the next descriptor it would take
+ * (GET_VRING_BASE), or a negative errno. */
+int vs_vring_stop(struct vs_switch *sw, uint32_t port, uint32_t q);
+/* The eventfds are borrowed: the caller keeps ownership; -1 means none.
+ * Setting the kick fd starts the ring (vhost-user "started"). */
+int vs_vring_set_kick(struct vs_switch *sw, uint32_t port, uint32_t q, int fd);
+int vs_vring_set_call(struct vs_switch *sw, uint32_t port, uint32_t q, int fd);
+int vs_vring_enable(struct vs_switch *sw, uint32_t port, uint32_t q, int enabled);
+/* 1 when the ring is started, enabled and its addresses translate. */
+int vs_vring_ready(struct vs_switch *sw, uint32_t port, uint32_t q);
+
+/* Data path.  vs_port_kick consumes the kick eventfd of one queue and
+ * serves it; vs_poll serves every port without looking at eventfds.  Both
+ * return the number of frames taken from the ports, or a negative errno if
+ * the port's ring was found broken (see vs_port_error). */
+int vs_port_kick(struct vs_switch *sw, uint32_t port, uint32_t q);
+int vs_poll(struct vs_switch *sw, uint32_t budget);
+
+/* MAC table. */
+int vs_fdb_add(struct vs_switch *sw, uint64_t mac, uint16_t vlan, uint32_t port, int is_static);
+int vs_fdb_del(struct vs_switch *sw, uint64_t mac, uint16_t vlan);
+/* port == -1 flushes every port; static entries go only with include_static. */
+uint32_t vs_fdb_flush(struct vs_switch *sw, int port, int include_static);
+uint32_t vs_fdb_dump(struct vs_switch *sw, struct vs_fdb_entry *out, uint32_t max);
+/* Remove dynamic entries idle for max_age seconds or more; returns how many. */
+uint32_t vs_fdb_age(struct vs_switch *sw, uint32_t max_age);

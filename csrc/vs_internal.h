@@ -1,0 +1,189 @@
+/* vswitch fast path internals: shared by the vs_*.c files, never by Python. */
+#ifndef VS_INTERNAL_H
+#define VS_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fastpath.h"
+
+/* Split virtqueue layout (virtio 1.2, 2.7). */
+#define VRING_DESC_F_NEXT 1
+#define VRING_DESC_F_WRITE 2
+#define VRING_DESC_F_INDIRECT 4
+#define VRING_AVAIL_F_NO_INTERRUPT 1
+#define VRING_USED_F_NO_NOTIFY 1
+
+struct vring_desc {
+    uint64_t addr;
+    uint32_t len;
+    uint16_t flags;
+    uint16_t next;
+};
+
+struct vring_avail {
+    uint16_t flags;
+    uint16_t idx;
+    uint16_t ring[];        /* then used_event (EVENT_IDX) */
+};
+
+struct vring_used_elem {
+    uint32_t id;
+    uint32_t len;
+};
+
+struct vring_used {
+    uint16_t flags;
+    uint16_t idx;
+    struct vring_used_elem ring[];  /* then avail_event (EVENT_IDX) */
+};
+
+/* virtio-net header (virtio 1.2, 5.1.6); num_buffers only with
+ * MRG_RXBUF or VERSION_1. */
+struct virtio_net_hdr {
+    uint8_t flags;
+    uint8_t gso_type;
+    uint16_t hdr_len;
+    uint16_t gso_size;
+    uint16_t csum_start;
+    uint16_t csum_offset;
+    uint16_t num_buffers;
+};
+
+/* Frames are copied out of the ingress ring into these, then into every
+ * egress ring; sized for the largest MTU plus an Ethernet header and a VLAN tag. */
+#define VS_FRAME_MAX (VS_MAX_MTU + 18)
+#define VS_PKT_SIZE 9216
+_Static_assert(VS_FRAME_MAX <= VS_PKT_SIZE, "packet buffer too small for the largest frame");
+
+struct vs_pkt {
+    uint32_t len;
+    uint8_t data[VS_PKT_SIZE];
+};
+
+/* Guest memory: one mapping per region of the front end's table. */
+struct vs_region {
+    uint64_t gpa;
+    uint64_t size;
+    uint64_t uaddr;
+    uint8_t *host;          /* host address of gpa */
+    void *map;
+    size_t map_len;
+};
+
+struct vs_mem {
+    uint32_t n;
+    struct vs_region r[VS_MAX_MEM_REGIONS];
+};
+
+struct vs_vring {
+    uint32_t num;
+    bool addr_set;
+    uint64_t desc_ua, avail_ua, used_ua;
+    struct vring_desc *desc;        /* NULL until translated */
+    struct vring_avail *avail;
+    struct vring_used *used;
+    uint16_t last_avail;
+    uint16_t last_used;
+    uint16_t signalled_used;
+    bool signalled_valid;
+    int kick_fd;
+    int call_fd;
+    bool started;
+    bool enabled;
+    bool ready;
+};
+
+/* A writable span of guest memory, already translated. */
+struct vs_iov {
+    uint8_t *p;
+    uint32_t len;
+};
+#define VS_MAX_IOV 256
+
+struct vs_port {
+    bool open;
+    uint32_t kind;
+    uint32_t mtu;
+    uint64_t features;
+    uint32_t hdr_len;
+    bool mrg_rxbuf;
+    bool event_idx;
+    bool indirect;
+    bool broken;
+    const char *error;
+    struct vs_mem mem;
+    struct vs_vring vq[VS_MAX_QUEUES];
+    struct vs_port_stats st;
+    /* Frames queued for this port during one burst (Snabb's link). */
+    uint32_t npending;
+    struct vs_pkt *pending[VS_BURST];
+    /* Scratch for one RX enqueue: the spans of the buffers a frame fills,
+     * their heads, and where each head's spans end. */
+    struct vs_iov iov[VS_MAX_IOV];
+    uint16_t heads[VS_MAX_IOV];
+    uint32_t ends[VS_MAX_IOV];
+};
+
+struct fdb_slot {
+    uint64_t key;           /* 0 = empty; else FDB_USED | vlan << 48 | mac */
+    uint32_t port;
+    uint32_t seen;
+    uint16_t flags;
+};
+#define FDB_USED (1ULL << 63)
+
+struct vs_fdb {
+    struct fdb_slot *slots;
+    uint32_t mask;          /* capacity - 1, capacity a power of two */
+    uint32_t count;
+    uint32_t max;
+};
+
+struct vs_switch {
+    struct vs_fdb fdb;
+    struct vs_switch_stats st;
+    uint32_t now;                   /* coarse seconds, refreshed per burst */
+    uint32_t nopen;
+    uint32_t open_ids[VS_MAX_PORTS];
+    uint32_t ndirty;                /* ports with pending frames this burst */
+    uint32_t dirty[VS_MAX_PORTS];
+    struct vs_pkt pkts[VS_BURST];
+    struct vs_port ports[VS_MAX_PORTS];
+};
+
+/* Loads and stores on memory the guest shares with us: each field is read
+ * once into a local so a racing guest cannot change it between check and use. */
+#define READ_ONCE(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+#define WRITE_ONCE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
+
+/* vs_mem.c */
+int vs_mem_map(struct vs_mem *mem, const struct vs_mem_region *regions, uint32_t n);
+void vs_mem_unmap(struct vs_mem *mem);
+/* Host pointer for [gpa, gpa+*len) clipped to one region: *len is reduced to
+ * what is contiguous.  NULL if gpa is in no region. */
+uint8_t *vs_gpa_to_host(const struct vs_mem *mem, uint64_t gpa, uint64_t *len);
+/* Host pointer for a front-end virtual range that must lie in one region. */
+void *vs_uaddr_to_host(const struct vs_mem *mem, uint64_t ua, uint64_t len);
+
+/* vs_vring.c */
+void vs_vring_init(struct vs_vring *vq);
+int vs_vring_translate(struct vs_port *p, struct vs_vring *vq);
+int vs_vring_dequeue(struct vs_port *p, struct vs_vring *vq, struct vs_pkt *pkts, uint32_t max);
+uint32_t vs_vring_enqueue(struct vs_port *p, struct vs_vring *vq, struct vs_pkt **pkts, uint32_t n);
+void vs_vring_notify(struct vs_port *p, struct vs_vring *vq);
+void vs_vring_enable_kicks(struct vs_port *p, struct vs_vring *vq, bool on);
+void vs_port_break(struct vs_port *p, const char *why);
+
+/* vs_switch.c */
+void vs_tick(struct vs_switch *sw);
+
+/* vs_fdb.c */
+int vs_fdb_init(struct vs_fdb *fdb, uint32_t max);
+void vs_fdb_destroy(struct vs_fdb *fdb);
+void vs_fdb_learn(struct vs_switch *sw, uint64_t mac, uint16_t vlan, uint32_t port);
+/* Port index for (vlan, mac), or -1. */
+int64_t vs_fdb_lookup(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan);
+
+#endif

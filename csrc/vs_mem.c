@@ -1,0 +1,114 @@
+/* Guest memory: mapping the front end's memory table and translating
+ * guest-physical (descriptor) and front-end virtual (ring) addresses. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#include "vs_internal.h"
+
+static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
+{
+    return a < b + blen && b < a + alen;
+}
+
+static int check_table(const struct vs_mem_region *rg, uint32_t n)
+{
+    if (n == 0 || n > VS_MAX_MEM_REGIONS)
+        return -EINVAL;
+    for (uint32_t i = 0; i < n; i++) {
+        const struct vs_mem_region *a = &rg[i];
+        if (a->size == 0 || a->fd < 0)
+            return -EINVAL;
+        if (a->guest_phys_addr + a->size < a->guest_phys_addr ||
+            a->user_addr + a->size < a->user_addr ||
+            a->mmap_offset + a->size < a->mmap_offset)
+            return -EOVERFLOW;
+        for (uint32_t j = 0; j < i; j++) {
+            const struct vs_mem_region *b = &rg[j];
+            if (ranges_overlap(a->guest_phys_addr, a->size, b->guest_phys_addr, b->size) ||
+                ranges_overlap(a->user_addr, a->size, b->user_addr, b->size))
+                return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+static int map_region(struct vs_region *r, const struct vs_mem_region *in)
+{
+    struct stat st;
+    if (fstat(in->fd, &st) < 0)
+        return -errno;
+    /* Touching a page past the end of the file would raise SIGBUS in the
+     * switch: refuse a region the file does not back. */
+    uint64_t end = in->mmap_offset + in->size;
+    if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size < end)
+        return -EINVAL;
+    /* hugetlbfs wants whole huge pages; st_blksize is the page size there. */
+    uint64_t align = st.st_blksize > 0 ? (uint64_t)st.st_blksize : 4096;
+    uint64_t len = (end + align - 1) / align * align;
+    if (len < end || len > SIZE_MAX)
+        return -EOVERFLOW;
+    void *m = mmap(NULL, (size_t)len, PROT_READ | PROT_WRITE, MAP_SHARED, in->fd, 0);
+    if (m == MAP_FAILED)
+        return -errno;
+    r->gpa = in->guest_phys_addr;
+    r->size = in->size;
+    r->uaddr = in->user_addr;
+    r->map = m;
+    r->map_len = (size_t)len;
+    r->host = (uint8_t *)m + in->mmap_offset;
+    return 0;
+}
+
+int vs_mem_map(struct vs_mem *mem, const struct vs_mem_region *regions, uint32_t n)
+{
+    int rc = check_table(regions, n);
+    if (rc < 0)
+        return rc;
+    struct vs_mem fresh = {0};
+    for (uint32_t i = 0; i < n; i++) {
+        rc = map_region(&fresh.r[i], &regions[i]);
+        if (rc < 0) {
+            vs_mem_unmap(&fresh);
+            return rc;
+        }
+        fresh.n = i + 1;
+    }
+    *mem = fresh;
+    return 0;
+}
+
+void vs_mem_unmap(struct vs_mem *mem)
+{
+    for (uint32_t i = 0; i < mem->n; i++)
+        munmap(mem->r[i].map, mem->r[i].map_len);
+    memset(mem, 0, sizeof(*mem));
+}
+
+uint8_t *vs_gpa_to_host(const struct vs_mem *mem, uint64_t gpa, uint64_t *len)
+{
+    for (uint32_t i = 0; i < mem->n; i++) {
+        const struct vs_region *r = &mem->r[i];
+        uint64_t off = gpa - r->gpa;
+        if (gpa >= r->gpa && off < r->size) {
+            uint64_t room = r->size - off;
+            if (*len > room)
+                *len = room;
+            return r->host + off;
+        }
+    }
+    return NULL;
+}
+
+void *vs_uaddr_to_host(const struct vs_mem *mem, uint64_t ua, uint64_t len)
+{
+    for (uint32_t i = 0; i < mem->n; i++) {
+        const struct vs_region *r = &mem->r[i];
+        uint64_t off = ua - r->uaddr;
+        if (ua >= r->uaddr && off < r->size && len <= r->size - off)
+            return r->host + off;
+    }
+    return NULL;
+}
