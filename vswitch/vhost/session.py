@@ -1,0 +1,380 @@
+"""One vhost-user connection: the device side of the protocol.
+
+Shaped after libvhost-user: one method per message, a table from request to
+(method, descriptors expected), strict checks on every field before anything
+changes, and one reply path that honours REPLY_ACK.  The session never
+touches a frame: it tells the fast path (datapath.py) what the front end set
+up, watches the kick eventfds, and calls into C when one fires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vswitch.datapath import MAX_QUEUES, Datapath, Region
+from vswitch.vhost import protocol as P
+from vswitch.vhost.protocol import PF, F, Message, ProtocolError, Req
+from vswitch.vhost.transport import PeerClosed, close_fds, recv_message, send
+
+log = logging.getLogger("vswitch.vhost")
+
+# Frames one kick may take before the loop gets a turn (csrc KICK_BUDGET).
+_KICK_BUDGET = 8 * 32
+
+
+class Refused(Exception):
+    """A well-formed request we will not carry out: NACKed when the front end
+    asked for a reply, otherwise the connection is closed."""
+
+
+@dataclass
+class Vring:
+    kick: int = -1
+    call: int = -1
+    err: int = -1
+    enabled: bool = False  # as set by SET_VRING_ENABLE
+    started: bool = False
+    num: int = 0
+
+    def close_fds(self) -> None:
+        for name in ("kick", "call", "err"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
+
+
+def _nonblocking(fd: int) -> None:
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+
+
+class VhostSession:
+    """Serves one front end on an accepted socket until it goes away."""
+
+    def __init__(
+        self,
+        name: str,
+        sock: socket.socket,
+        dp: Datapath,
+        port: int,
+        mtu: int,
+        on_state: Callable[[], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.sock = sock
+        self.dp = dp
+        self.port = port
+        self.max_mtu = mtu
+        self.on_state = on_state or (lambda: None)
+        self.loop = asyncio.get_running_loop()
+        self.features = 0
+        self.protocol_features = 0
+        self.status = 0
+        self.mtu = mtu
+        self.owner = False
+        self.backend_fd = -1
+        self.vrings = [Vring() for _ in range(MAX_QUEUES)]
+        self._was_up = False
+        self._broken_logged = False
+
+    # Life cycle
+
+    async def run(self) -> None:
+        try:
+            while True:
+                msg = await recv_message(self.sock)
+                try:
+                    await self._dispatch(msg)
+                finally:
+                    close_fds(msg.fds)
+        except PeerClosed:
+            log.info("port %s: front end disconnected", self.name)
+        except ProtocolError as e:
+            log.error("port %s: %s; closing the connection", self.name, e)
+        except OSError as e:
+            log.error("port %s: connection error: %s", self.name, e)
+        finally:
+            self.teardown()
+
+    def teardown(self) -> None:
+        """Drop everything the front end gave us; the port goes down."""
+        for q, vr in enumerate(self.vrings):
+            self._unwatch(q)
+            vr.close_fds()
+        self.vrings = [Vring() for _ in range(MAX_QUEUES)]
+        if self.backend_fd >= 0:
+            os.close(self.backend_fd)
+            self.backend_fd = -1
+        self.dp.reset_port(self.port)
+        self.dp.set_mtu(self.port, self.max_mtu)
+        self.sock.close()
+        self._state_changed()
+
+    # Dispatch
+
+    async def _dispatch(self, msg: Message) -> None:
+        entry = _HANDLERS.get(msg.request)
+        if entry is None:
+            if msg.need_reply:
+                log.warning("port %s: unsupported %s; refused", self.name, msg.name)
+                await send(self.sock, P.reply_u64(msg.request, 1))
+                return
+            raise ProtocolError(f"unsupported {msg.name}")
+        handler, fds = entry
+        want = fds(msg) if callable(fds) else fds
+        if len(msg.fds) != want:
+            raise ProtocolError(f"{msg.name}: {len(msg.fds)} file descriptors, want {want}")
+        log.debug("port %s: %s", self.name, msg.name)
+        try:
+            reply = handler(self, msg)
+        except (Refused, OSError) as e:
+            if not msg.need_reply or not self._acks:
+                raise ProtocolError(f"{msg.name} refused: {e}") from e
+            log.warning("port %s: %s refused: %s", self.name, msg.name, e)
+            await send(self.sock, P.reply_u64(msg.request, 1))
+            return
+        if reply is not None:
+            await send(self.sock, reply)
+        elif msg.need_reply and self._acks:
+            await send(self.sock, P.reply_u64(msg.request, 0))
+        self._state_changed()
+
+    @property
+    def _acks(self) -> bool:
+        return bool(self.protocol_features & (1 << PF.REPLY_ACK))
+
+    def _vring_index(self, index: int, msg: Message) -> int:
+        if index >= MAX_QUEUES:
+            raise ProtocolError(f"{msg.name}: vring {index} (this port has {MAX_QUEUES})")
+        return index
+
+    # Features
+
+    def _get_features(self, msg: Message) -> bytes:
+        return P.reply_u64(msg.request, P.OFFERED_FEATURES)
+
+    def _set_features(self, msg: Message) -> None:
+        features = msg.u64()
+        extra = features & ~P.OFFERED_FEATURES
+        if extra:
+            raise Refused(f"features never offered: {P.feature_names(extra, F)}")
+        self.features = features
+        self.dp.set_features(self.port, features)
+        log.info(
+            "port %s: features %s", self.name, " ".join(P.feature_names(features, F)) or "none"
+        )
+        self._apply_enable()
+
+    def _get_protocol_features(self, msg: Message) -> bytes:
+        return P.reply_u64(msg.request, P.OFFERED_PROTOCOL_FEATURES)
+
+    def _set_protocol_features(self, msg: Message) -> None:
+        pf = msg.u64()
+        extra = pf & ~P.OFFERED_PROTOCOL_FEATURES
+        if extra:
+            raise Refused(f"protocol features never offered: {P.feature_names(extra, PF)}")
+        self.protocol_features = pf
+
+    def _set_owner(self, msg: Message) -> None:
+        self.owner = True
+
+    def _reset_owner(self, msg: Message) -> None:
+        for q, vr in enumerate(self.vrings):
+            self._unwatch(q)
+            vr.close_fds()
+        self.vrings = [Vring() for _ in range(MAX_QUEUES)]
+        self.features = 0
+        self.dp.reset_port(self.port)
+
+    def _get_queue_num(self, msg: Message) -> bytes:
+        return P.reply_u64(msg.request, P.QUEUE_PAIRS)
+
+    def _net_set_mtu(self, msg: Message) -> None:
+        mtu = msg.u64()
+        if not 68 <= mtu <= self.max_mtu:
+            raise Refused(
+                f"MTU {mtu} is outside 68..{self.max_mtu} (raise the port's mtu in the config)"
+            )
+        self.mtu = mtu
+        self.dp.set_mtu(self.port, mtu)
+
+    def _set_status(self, msg: Message) -> None:
+        self.status = msg.u64() & 0xFF
+
+    def _get_status(self, msg: Message) -> bytes:
+        return P.reply_u64(msg.request, self.status)
+
+    def _set_backend_req_fd(self, msg: Message) -> None:
+        if self.backend_fd >= 0:
+            os.close(self.backend_fd)
+        self.backend_fd = msg.fds.pop()
+
+    # Memory
+
+    def _set_mem_table(self, msg: Message) -> None:
+        regions = P.parse_mem_table(msg)
+        self.dp.set_mem(
+            self.port,
+            [
+                Region(r.guest_phys_addr, r.size, r.user_addr, r.mmap_offset, fd)
+                for r, fd in zip(regions, msg.fds, strict=True)
+            ],
+        )
+        # The mappings keep the memory; the descriptors close with the message.
+        log.info(
+            "port %s: memory table of %d region(s), %d MiB",
+            self.name,
+            len(regions),
+            sum(r.size for r in regions) >> 20,
+        )
+
+    # Vrings
+
+    def _set_vring_num(self, msg: Message) -> None:
+        index, num = msg.vring_state()
+        q = self._vring_index(index, msg)
+        self.dp.vring_num(self.port, q, num)
+        self.vrings[q].num = num
+
+    def _set_vring_addr(self, msg: Message) -> None:
+        a = P.parse_vring_addr(msg)
+        q = self._vring_index(a.index, msg)
+        self.dp.vring_addr(self.port, q, a.desc, a.used, a.avail)
+
+    def _set_vring_base(self, msg: Message) -> None:
+        index, base = msg.vring_state()
+        q = self._vring_index(index, msg)
+        self.dp.vring_base(self.port, q, base)
+
+    def _get_vring_base(self, msg: Message) -> bytes:
+        index, _ = msg.vring_state()
+        q = self._vring_index(index, msg)
+        self._unwatch(q)
+        base = self.dp.vring_stop(self.port, q)
+        vr = self.vrings[q]
+        vr.close_fds()
+        vr.started = False
+        return P.reply_vring_state(msg.request, q, base)
+
+    def _vring_fd(self, msg: Message) -> tuple[int, int]:
+        value = msg.u64()
+        q = self._vring_index(value & P.VRING_IDX_MASK, msg)
+        return q, -1 if value & P.VRING_NOFD else msg.fds.pop()
+
+    def _set_vring_kick(self, msg: Message) -> None:
+        q, fd = self._vring_fd(msg)
+        vr = self.vrings[q]
+        self._unwatch(q)
+        if vr.kick >= 0:
+            os.close(vr.kick)
+        vr.kick = fd
+        vr.started = True
+        if fd >= 0:
+            _nonblocking(fd)
+            self.loop.add_reader(fd, self._kick, q)
+        self.dp.vring_kick_fd(self.port, q, fd)
+        self._apply_enable()
+        # Serve what the guest queued before we were told where to look.
+        self.loop.call_soon(self._kick, q)
+
+    def _set_vring_call(self, msg: Message) -> None:
+        q, fd = self._vring_fd(msg)
+        vr = self.vrings[q]
+        # C stops writing the old fd before we close it.
+        self.dp.vring_call_fd(self.port, q, fd)
+        if vr.call >= 0:
+            os.close(vr.call)
+        vr.call = fd
+
+    def _set_vring_err(self, msg: Message) -> None:
+        q, fd = self._vring_fd(msg)
+        vr = self.vrings[q]
+        if vr.err >= 0:
+            os.close(vr.err)
+        vr.err = fd
+
+    def _set_vring_enable(self, msg: Message) -> None:
+        index, enable = msg.vring_state()
+        q = self._vring_index(index, msg)
+        if enable not in (0, 1):
+            raise Refused(f"enable value {enable}")
+        self.vrings[q].enabled = bool(enable)
+        self._apply_enable()
+        if enable:
+            self.loop.call_soon(self._kick, q)
+
+    def _apply_enable(self) -> None:
+        # vhost-user.rst "Ring states": without PROTOCOL_FEATURES a ring is
+        # enabled as soon as it starts; with it, only SET_VRING_ENABLE enables.
+        negotiated = bool(self.features & (1 << F.PROTOCOL_FEATURES))
+        for q, vr in enumerate(self.vrings):
+            self.dp.vring_enable(self.port, q, vr.enabled if negotiated else True)
+
+    # Data path wake-ups
+
+    def _kick(self, q: int) -> None:
+        if self.sock.fileno() < 0:
+            return
+        n = self.dp.kick(self.port, q)
+        if n < 0:
+            if not self._broken_logged:
+                self._broken_logged = True
+                log.error(
+                    "port %s: ring stopped: %s (the guest must reset the device)",
+                    self.name,
+                    self.dp.error(self.port),
+                )
+            self._state_changed()
+        elif n >= _KICK_BUDGET:
+            self.loop.call_soon(self._kick, q)
+
+    def _unwatch(self, q: int) -> None:
+        fd = self.vrings[q].kick
+        if fd >= 0:
+            self.loop.remove_reader(fd)
+
+    def _state_changed(self) -> None:
+        up = self.dp.is_up(self.port)
+        if up != self._was_up:
+            self._was_up = up
+            log.info("port %s: link %s", self.name, "up" if up else "down")
+            if up:
+                self._broken_logged = False
+        self.on_state()
+
+
+def _fd_if_present(msg: Message) -> int:
+    if len(msg.payload) != P.U64.size:
+        return len(msg.fds)  # let the size check report it
+    return 0 if P.U64.unpack(msg.payload)[0] & P.VRING_NOFD else 1
+
+
+_Handler = Callable[[VhostSession, Message], "bytes | None"]
+_HANDLERS: dict[int, tuple[_Handler, int | Callable[[Message], int]]] = {
+    Req.GET_FEATURES: (VhostSession._get_features, 0),
+    Req.SET_FEATURES: (VhostSession._set_features, 0),
+    Req.SET_OWNER: (VhostSession._set_owner, 0),
+    Req.RESET_OWNER: (VhostSession._reset_owner, 0),
+    Req.SET_MEM_TABLE: (VhostSession._set_mem_table, lambda m: len(m.fds)),
+    Req.SET_VRING_NUM: (VhostSession._set_vring_num, 0),
+    Req.SET_VRING_ADDR: (VhostSession._set_vring_addr, 0),
+    Req.SET_VRING_BASE: (VhostSession._set_vring_base, 0),
+    Req.GET_VRING_BASE: (VhostSession._get_vring_base, 0),
+    Req.SET_VRING_KICK: (VhostSession._set_vring_kick, _fd_if_present),
+    Req.SET_VRING_CALL: (VhostSession._set_vring_call, _fd_if_present),
+    Req.SET_VRING_ERR: (VhostSession._set_vring_err, _fd_if_present),
+    Req.GET_PROTOCOL_FEATURES: (VhostSession._get_protocol_features, 0),
+    Req.SET_PROTOCOL_FEATURES: (VhostSession._set_protocol_features, 0),
+    Req.GET_QUEUE_NUM: (VhostSession._get_queue_num, 0),
+    Req.SET_VRING_ENABLE: (VhostSession._set_vring_enable, 0),
+    Req.NET_SET_MTU: (VhostSession._net_set_mtu, 0),
+    Req.SET_BACKEND_REQ_FD: (VhostSession._set_backend_req_fd, 1),
+    Req.SET_STATUS: (VhostSession._set_status, 0),
+    Req.GET_STATUS: (VhostSession._get_status, 0),
+}
