@@ -106,7 +106,7 @@ class Frontend:
     ) -> tuple[int, int]:
         offered = (await self.call(Req.GET_FEATURES)).u64()
         acked_pf = 0
-        if offered & (1 << F.PROTOCOL_FEATURES):
+        if offered & features & (1 << F.PROTOCOL_FEATURES):
             offered_pf = (await self.call(Req.GET_PROTOCOL_FEATURES)).u64()
             acked_pf = offered_pf & protocol_features
             await self.set(Req.SET_PROTOCOL_FEATURES, P.U64.pack(acked_pf))
