@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import mmap
 import os
+import socket
+import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 from vhost_frontend import QEMU_FEATURES, Frontend, eventfd
 
 from vswitch.config import parse_config
+from vswitch.errors import StartupError
 from vswitch.switch import Switch
 from vswitch.vhost import protocol as P
 from vswitch.vhost.protocol import PF, F, Req
@@ -299,3 +302,49 @@ async def test_second_front_end_is_refused_and_reconnects_leak_nothing(switch: S
         assert switch.ports["a"].connects == 31  # the intruder is not counted
     finally:
         mem.close()
+
+
+async def test_error_and_backend_fds_are_taken_and_released(switch: Switch) -> None:
+    before = open_fds()
+    async with Frontend(sock(switch)) as fe:
+        await fe.negotiate()
+        err, backend = eventfd(), socket.socketpair()
+        assert await fe.set(Req.SET_VRING_ERR, P.U64.pack(1), [err]) == 0
+        assert await fe.set(Req.SET_VRING_ERR, P.U64.pack(1 | P.VRING_NOFD)) == 0
+        assert await fe.set(Req.SET_BACKEND_REQ_FD, b"", [backend[1].fileno()]) == 0
+        os.close(err)
+        backend[1].close()
+        # The switch holds the back-end channel until the front end goes away.
+        backend[0].setblocking(False)
+        with pytest.raises(BlockingIOError):
+            backend[0].recv(1)
+    await wait_state(switch, "a", "listening")
+    assert backend[0].recv(1) == b""  # closed by the switch at disconnect
+    backend[0].close()
+    assert open_fds() == before
+
+
+async def test_socket_path_stale_is_replaced_live_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "a.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()  # the file stays, nobody listens: what a crashed run leaves
+    cfg = parse_config(
+        {
+            "control": str(tmp_path / "ctl.sock"),
+            "ports": [{"name": "a", "type": "vhost-user", "path": str(path)}],
+        }
+    )
+    async with Switch(cfg):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        cfg2 = parse_config(
+            {
+                "control": str(tmp_path / "ctl2.sock"),
+                "ports": [{"name": "a", "type": "vhost-user", "path": str(path)}],
+            }
+        )
+        with pytest.raises(StartupError, match=str(path)):
+            async with Switch(cfg2):
+                pass
+        assert path.exists()  # the failed second switch left the live socket alone
+    assert not path.exists()

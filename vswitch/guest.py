@@ -35,7 +35,7 @@ import re
 import shutil
 import signal
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
@@ -70,10 +70,12 @@ class ExecResult:
     rc: int
     stdout: str
     stderr: str
+    where: str = field(default="", compare=False, repr=False)  # "guest NAME: command CMD"
 
     def check(self) -> Self:
+        """Raise GuestError unless rc is 0."""
         if self.rc != 0:
-            raise GuestError(f"command failed (rc {self.rc}): {self.stderr.strip()}")
+            raise GuestError(f"{self.where} failed (rc {self.rc}): {self.stderr.strip()}")
         return self
 
 
@@ -180,7 +182,7 @@ class Guest:
             params.append(f"vswitch.gw={','.join(self.gw)}")
         params += self.kernel_args
         args = [
-            self.qemu, "-name", self.name, "-machine", self.machine,
+            self.qemu, "-name", _q(self.name), "-machine", self.machine,
             "-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", mem,
             "-object", f"memory-backend-memfd,id=mem,size={mem},share=on",
             "-numa", "node,memdev=mem",
@@ -188,13 +190,13 @@ class Guest:
             "-kernel", str(img / "vmlinuz"), "-initrd", str(img / "initramfs.img"),
             "-append", " ".join(params),
             "-serial", f"file:{self.console_log}",
-            "-chardev", f"socket,id=agent,path={self.agent_socket},server=on,wait=off",
+            "-chardev", f"socket,id=agent,path={_q(self.agent_socket)},server=on,wait=off",
             "-serial", "chardev:agent",
         ]  # fmt: skip
         for i, nic in enumerate(self.nics):
             rc = ",reconnect=1" if nic.reconnect else ""
             args += [
-                "-chardev", f"socket,id=vu{i},path={nic.socket}{rc}",
+                "-chardev", f"socket,id=vu{i},path={_q(nic.socket)}{rc}",
                 "-netdev", f"vhost-user,id=net{i},chardev=vu{i}",
                 "-device", f"virtio-net-pci,netdev=net{i},mac={nic.mac},vectors=0",
             ]  # fmt: skip
@@ -204,15 +206,16 @@ class Guest:
         """Launch QEMU and connect to the agent's serial port (the guest keeps booting)."""
         if self.running:
             raise GuestError(f"guest {self.name}: already running (pid {self.pid})")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        if len(os.fsencode(self.agent_socket)) > 100:  # sun_path is 108 bytes
-            self._sockdir = tempfile.mkdtemp(prefix="vswitch-guest-")
-            self.agent_socket = Path(self._sockdir) / "agent.sock"
         if shutil.which(self.qemu) is None:
             raise GuestError(
                 f"guest {self.name}: {self.qemu} not found: install the Debian package "
                 "qemu-system-x86"
             )
+        image_dir(self._image_dir)  # fail early, before anything is created
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if len(os.fsencode(self.agent_socket)) > 100:  # sun_path is 108 bytes
+            self._sockdir = tempfile.mkdtemp(prefix="vswitch-guest-")
+            self.agent_socket = Path(self._sockdir) / "agent.sock"
         args = self.cmdline()
         self.agent_socket.unlink(missing_ok=True)
         await asyncio.to_thread(self.console_log.write_bytes, b"")
@@ -249,11 +252,11 @@ class Guest:
                 await asyncio.sleep(0.05)
         self._reader_task = asyncio.create_task(self._read_loop(reader))
 
-    async def wait_ready(self, timeout: float = 120.0) -> str:  # noqa: ASYNC109
+    async def wait_ready(self, timeout: float = 120.0) -> str:
         """Wait until the agent answers; returns the guest's boot id."""
         return await self._wait_ready(timeout, None)
 
-    async def reboot(self, timeout: float = 120.0) -> str:  # noqa: ASYNC109
+    async def reboot(self, timeout: float = 120.0) -> str:
         """``reboot -f`` in the guest and wait for the agent of the next boot."""
         old = self.boot_id
         await self._send("EXEC", self._next_id(), _b64("reboot -f"))  # no reply comes
@@ -283,14 +286,16 @@ class Guest:
 
     # -- commands ----------------------------------------------------------------------
 
-    async def exec(self, cmd: str, timeout: float = 60.0) -> ExecResult:  # noqa: ASYNC109
+    async def exec(self, cmd: str, timeout: float = 60.0) -> ExecResult:
         """Run ``sh -c cmd`` in the guest; on timeout kill it and raise GuestTimeoutError."""
         rid = self._next_id()
         fut: asyncio.Future[ExecResult] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
         try:
             await self._send("EXEC", rid, _b64(cmd))
-            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+            res = await asyncio.wait_for(asyncio.shield(fut), timeout)
+            res.where = f"guest {self.name}: command {cmd!r}"
+            return res
         except TimeoutError:
             with contextlib.suppress(GuestError, OSError):
                 await self._send("KILL", rid)
@@ -328,8 +333,10 @@ class Guest:
                     )
                 left = deadline - loop.time()
                 if left <= 0:
+                    socks = " ".join(n.socket for n in self.nics)
+                    hint = f" (QEMU waits for the vhost-user servers {socks})" if socks else ""
                     raise GuestTimeoutError(
-                        f"guest {self.name}: agent not ready after {limit}s; console "
+                        f"guest {self.name}: agent not ready after {limit}s{hint}; console "
                         f"({self.console_log}):\n{await self._tail(self.console_log)}"
                     )
                 rid = self._next_id()
@@ -344,16 +351,21 @@ class Guest:
             fut.cancel()
 
     async def _read_loop(self, reader: asyncio.StreamReader) -> None:
-        buf = b""
+        part: list[bytes] = []  # the unfinished line, in pieces (replies can be megabytes)
+        size = 0
         try:
             while chunk := await reader.read(1 << 16):
-                buf += chunk
-                *lines, buf = buf.split(b"\n")
-                if len(buf) > MAX_LINE:
-                    buf = b""
+                *lines, rest = chunk.split(b"\n")
+                if lines:
+                    lines[0] = b"".join([*part, lines[0]])
+                    part, size = [], 0
                 for line in lines:
                     if (pos := line.find(b"VSW1 ")) >= 0:
                         self._dispatch(line[pos:])
+                part.append(rest)
+                size += len(rest)
+                if size > MAX_LINE:
+                    part, size = [], 0
         except OSError:
             pass
         finally:
@@ -417,6 +429,11 @@ def _tail(path: Path, lines: int) -> str:
     except OSError as e:
         return f"({e})"
     return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+def _q(value: object) -> str:
+    """Quote a value for a QEMU option list (a comma is written as two)."""
+    return str(value).replace(",", ",,")
 
 
 def _b64(s: str) -> str:

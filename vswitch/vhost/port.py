@@ -75,7 +75,7 @@ class VhostPort:
                 conn.close()
                 continue
             self.connects += 1
-            log.info("port %s: front end connected", self.name)
+            log.debug("port %s: connection accepted", self.name)
             self.session = VhostSession(self.name, conn, self.dp, self.port, self.cfg.mtu)
             self._session_task = asyncio.create_task(
                 self._serve(self.session), name=f"vhost {self.name}"

@@ -82,6 +82,7 @@ class VhostSession:
         self.vrings = [Vring() for _ in range(MAX_QUEUES)]
         self._was_up = False
         self._broken_logged = False
+        self.messages = 0
 
     # Life cycle
 
@@ -89,12 +90,18 @@ class VhostSession:
         try:
             while True:
                 msg = await recv_message(self.sock)
+                self.messages += 1
+                if self.messages == 1:
+                    log.info("port %s: front end connected", self.name)
                 try:
                     await self._dispatch(msg)
                 finally:
                     close_fds(msg.fds)
         except PeerClosed:
-            log.info("port %s: front end disconnected", self.name)
+            # A connection that never spoke is a liveness probe (another
+            # vswitch checking the path), not a front end.
+            level = logging.INFO if self.messages else logging.DEBUG
+            log.log(level, "port %s: front end disconnected", self.name)
         except ProtocolError as e:
             log.error("port %s: %s; closing the connection", self.name, e)
         except OSError as e:
