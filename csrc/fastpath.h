@@ -27,6 +27,11 @@
 
 /* Port kinds. */
 #define VS_PORT_VHOST 1
+#define VS_PORT_TAP 2
+
+/* Capture directions (vs_capture_start) and vs_cap_hdr.dir values. */
+#define VS_CAP_RX 1
+#define VS_CAP_TX 2
 
 /* vs_port_state() bits. */
 #define VS_STATE_OPEN 1
@@ -71,6 +76,10 @@ struct vs_port_stats {
     uint64_t calls;                 /* interrupts sent to the guest */
     uint64_t fdb_learned;           /* addresses learned on this port */
     uint64_t fdb_moved;             /* addresses that moved to this port */
+    uint64_t fdb_limit;             /* sources not learned: the port's MAC limit was reached */
+    uint64_t fdb_count;             /* dynamic addresses the port has now */
+    uint64_t cap_packets;           /* frames copied to an active capture */
+    uint64_t cap_drops;             /* frames a capture missed: its reader was too slow */
 };
 
 struct vs_switch_stats {
@@ -89,6 +98,16 @@ struct vs_fdb_entry {
     uint32_t age;                   /* seconds since last seen */
 };
 
+/* One captured frame in the buffer vs_capture_read fills: this header,
+ * then caplen bytes of frame, then padding to a multiple of 8. */
+struct vs_cap_hdr {
+    uint64_t ts_ns;                 /* CLOCK_REALTIME */
+    uint32_t caplen;
+    uint32_t len;                   /* length on the wire */
+    uint32_t port;
+    uint32_t dir;                   /* VS_CAP_RX or VS_CAP_TX */
+};
+
 /* Switch. */
 struct vs_switch *vs_switch_new(uint32_t fdb_size);
 void vs_switch_free(struct vs_switch *sw);
@@ -100,6 +119,11 @@ void vs_port_close(struct vs_switch *sw, uint32_t port);
 /* Forget everything the front end set up (disconnect, RESET_OWNER, reset status). */
 void vs_port_reset(struct vs_switch *sw, uint32_t port);
 int vs_port_set_mtu(struct vs_switch *sw, uint32_t port, uint32_t mtu);
+/* Most dynamic addresses the port may own (0 = no limit): a guest spraying
+ * source addresses cannot push everyone else out of the table. */
+int vs_port_set_mac_limit(struct vs_switch *sw, uint32_t port, uint32_t limit);
+/* TAP ports: the non-blocking tap fd (IFF_TAP|IFF_NO_PI), borrowed; -1 = none. */
+int vs_port_set_fd(struct vs_switch *sw, uint32_t port, int fd);
 int vs_port_set_features(struct vs_switch *sw, uint32_t port, uint64_t features);
 /* Map a new memory table; the old one is unmapped only once the new one is
  * in place and every ring has been translated again. */
@@ -132,6 +156,16 @@ int vs_vring_ready(struct vs_switch *sw, uint32_t port, uint32_t q);
  * the port's ring was found broken (see vs_port_error). */
 int vs_port_kick(struct vs_switch *sw, uint32_t port, uint32_t q);
 int vs_poll(struct vs_switch *sw, uint32_t budget);
+
+/* Capture: frames seen on a port are copied into a ring of ring_bytes that
+ * the control plane drains with vs_capture_read; when it is full, frames
+ * are counted in cap_drops, never held back.  Costs one branch per burst
+ * when no capture runs. */
+int vs_capture_start(struct vs_switch *sw, uint32_t port, uint32_t dirs, uint32_t snaplen,
+                     uint32_t ring_bytes);
+void vs_capture_stop(struct vs_switch *sw, uint32_t port);
+/* Moves whole records (struct vs_cap_hdr + frame) into buf; returns bytes. */
+uint32_t vs_capture_read(struct vs_switch *sw, uint32_t port, uint8_t *buf, uint32_t max);
 
 /* MAC table. */
 int vs_fdb_add(struct vs_switch *sw, uint64_t mac, uint16_t vlan, uint32_t port, int is_static);

@@ -70,8 +70,11 @@ static struct fdb_slot *fdb_insert(struct vs_fdb *fdb, uint64_t key)
 
 /* Remove slot i, moving back any later entry of the same probe run that
  * would otherwise become unreachable. */
-static void fdb_remove_at(struct vs_fdb *fdb, uint32_t i)
+static void fdb_remove_at(struct vs_switch *sw, uint32_t i)
 {
+    struct vs_fdb *fdb = &sw->fdb;
+    if (!(fdb->slots[i].flags & VS_FDB_STATIC))
+        sw->ports[fdb->slots[i].port].st.fdb_count--;
     uint32_t hole = i;
     for (uint32_t j = (i + 1) & fdb->mask; fdb->slots[j].key != 0; j = (j + 1) & fdb->mask) {
         uint32_t home = fdb_hash(fdb, fdb->slots[j].key);
@@ -92,6 +95,14 @@ int64_t vs_fdb_lookup(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan)
     return s ? (int64_t)s->port : -1;
 }
 
+static bool at_limit(struct vs_port *p)
+{
+    if (p->mac_limit == 0 || p->st.fdb_count < p->mac_limit)
+        return false;
+    p->st.fdb_limit++;
+    return true;
+}
+
 void vs_fdb_learn(struct vs_switch *sw, uint64_t mac, uint16_t vlan, uint32_t port)
 {
     struct vs_fdb *fdb = &sw->fdb;
@@ -101,12 +112,18 @@ void vs_fdb_learn(struct vs_switch *sw, uint64_t mac, uint16_t vlan, uint32_t po
         if (s->flags & VS_FDB_STATIC)
             return;
         if (s->port != port) {
+            if (at_limit(&sw->ports[port]))
+                return;
+            sw->ports[s->port].st.fdb_count--;
             s->port = port;
+            sw->ports[port].st.fdb_count++;
             sw->ports[port].st.fdb_moved++;
         }
         s->seen = sw->now;
         return;
     }
+    if (at_limit(&sw->ports[port]))
+        return;
     s = fdb_insert(fdb, key);
     if (!s) {
         sw->st.fdb_full++;
@@ -116,6 +133,7 @@ void vs_fdb_learn(struct vs_switch *sw, uint64_t mac, uint16_t vlan, uint32_t po
     s->seen = sw->now;
     s->flags = 0;
     sw->ports[port].st.fdb_learned++;
+    sw->ports[port].st.fdb_count++;
 }
 
 int vs_fdb_add(struct vs_switch *sw, uint64_t mac, uint16_t vlan, uint32_t port, int is_static)
@@ -124,10 +142,14 @@ int vs_fdb_add(struct vs_switch *sw, uint64_t mac, uint16_t vlan, uint32_t port,
         return -EINVAL;
     uint64_t key = fdb_key(mac, vlan);
     struct fdb_slot *s = fdb_find(&sw->fdb, key);
+    if (s && !(s->flags & VS_FDB_STATIC))
+        sw->ports[s->port].st.fdb_count--;
     if (!s)
         s = fdb_insert(&sw->fdb, key);
     if (!s)
         return -ENOSPC;
+    if (!is_static)
+        sw->ports[port].st.fdb_count++;
     s->port = port;
     s->seen = sw->now;
     s->flags = is_static ? VS_FDB_STATIC : 0;
@@ -139,17 +161,17 @@ int vs_fdb_del(struct vs_switch *sw, uint64_t mac, uint16_t vlan)
     struct fdb_slot *s = fdb_find(&sw->fdb, fdb_key(mac, vlan));
     if (!s)
         return -ENOENT;
-    fdb_remove_at(&sw->fdb, (uint32_t)(s - sw->fdb.slots));
+    fdb_remove_at(sw, (uint32_t)(s - sw->fdb.slots));
     return 0;
 }
 
 /* Remove every entry pick() selects.  A removal may shift a later entry
  * into slot i, so slot i is looked at again before moving on. */
-#define FDB_SWEEP(fdb, s, cond, counter)                                  \
-    for (uint32_t i_ = 0; i_ <= (fdb)->mask;) {                           \
-        struct fdb_slot *s = &(fdb)->slots[i_];                           \
+#define FDB_SWEEP(sw, s, cond, counter)                                   \
+    for (uint32_t i_ = 0; i_ <= (sw)->fdb.mask;) {                        \
+        struct fdb_slot *s = &(sw)->fdb.slots[i_];                        \
         if (s->key != 0 && (cond)) {                                      \
-            fdb_remove_at((fdb), i_);                                     \
+            fdb_remove_at((sw), i_);                                      \
             (counter)++;                                                  \
         } else {                                                          \
             i_++;                                                         \
@@ -159,7 +181,7 @@ int vs_fdb_del(struct vs_switch *sw, uint64_t mac, uint16_t vlan)
 uint32_t vs_fdb_flush(struct vs_switch *sw, int port, int include_static)
 {
     uint32_t n = 0;
-    FDB_SWEEP(&sw->fdb, s,
+    FDB_SWEEP(sw, s,
               (port < 0 || s->port == (uint32_t)port) &&
                   (include_static || !(s->flags & VS_FDB_STATIC)),
               n);
@@ -171,7 +193,7 @@ uint32_t vs_fdb_age(struct vs_switch *sw, uint32_t max_age)
     uint32_t n = 0;
     vs_tick(sw);
     uint32_t now = sw->now;
-    FDB_SWEEP(&sw->fdb, s, !(s->flags & VS_FDB_STATIC) && now - s->seen >= max_age, n);
+    FDB_SWEEP(sw, s, !(s->flags & VS_FDB_STATIC) && now - s->seen >= max_age, n);
     sw->st.fdb_aged += n;
     return n;
 }

@@ -102,10 +102,24 @@ struct vs_iov {
 };
 #define VS_MAX_IOV 256
 
+/* A single-producer, single-consumer byte ring of capture records. */
+struct vs_capture {
+    uint8_t *buf;
+    uint32_t size;          /* a power of two */
+    uint32_t dirs;
+    uint32_t snaplen;
+    uint64_t head;          /* written by the fast path */
+    uint64_t tail;          /* written by the reader */
+};
+
 struct vs_port {
     bool open;
+    uint32_t id;
     uint32_t kind;
     uint32_t mtu;
+    uint32_t mac_limit;
+    int fd;                 /* TAP ports */
+    struct vs_capture *cap;
     uint64_t features;
     uint32_t hdr_len;
     bool mrg_rxbuf;
@@ -178,6 +192,18 @@ void vs_port_break(struct vs_port *p, const char *why);
 
 /* vs_switch.c */
 void vs_tick(struct vs_switch *sw);
+
+/* vs_capture.c */
+void vs_capture_frame(struct vs_port *p, uint32_t dir, const uint8_t *data, uint32_t len);
+
+static inline bool vs_capturing(const struct vs_port *p, uint32_t dir)
+{
+    return __builtin_expect(p->cap != NULL, 0) && (p->cap->dirs & dir);
+}
+
+/* vs_tap.c */
+int vs_tap_dequeue(struct vs_port *p, struct vs_pkt *pkts, uint32_t max);
+uint32_t vs_tap_enqueue(struct vs_port *p, struct vs_pkt **pkts, uint32_t n);
 
 /* vs_fdb.c */
 int vs_fdb_init(struct vs_fdb *fdb, uint32_t max);

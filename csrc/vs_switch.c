@@ -104,14 +104,16 @@ int vs_port_open(struct vs_switch *sw, uint32_t port, uint32_t kind, uint32_t mt
 {
     if (port >= VS_MAX_PORTS || sw->ports[port].open)
         return -EINVAL;
-    if (kind != VS_PORT_VHOST || mtu < VS_MIN_MTU || mtu > VS_MAX_MTU)
+    if ((kind != VS_PORT_VHOST && kind != VS_PORT_TAP) || mtu < VS_MIN_MTU || mtu > VS_MAX_MTU)
         return -EINVAL;
     struct vs_port *p = &sw->ports[port];
     memset(p, 0, sizeof(*p));
     for (int q = 0; q < VS_MAX_QUEUES; q++)
         vs_vring_init(&p->vq[q]);
     p->open = true;
+    p->id = port;
     p->kind = kind;
+    p->fd = -1;
     p->mtu = mtu;
     p->error = "";
     p->hdr_len = 10;
@@ -132,6 +134,7 @@ void vs_port_reset(struct vs_switch *sw, uint32_t port)
     p->mrg_rxbuf = p->event_idx = p->indirect = false;
     p->broken = false;
     p->error = "";
+    p->fd = -1;
     vs_fdb_flush(sw, (int)port, 0);
 }
 
@@ -142,6 +145,7 @@ void vs_port_close(struct vs_switch *sw, uint32_t port)
         return;
     vs_port_reset(sw, port);
     vs_fdb_flush(sw, (int)port, 1);
+    vs_capture_stop(sw, port);
     p->open = false;
     for (uint32_t i = 0; i < sw->nopen; i++) {
         if (sw->open_ids[i] == port) {
@@ -159,6 +163,26 @@ int vs_port_set_mtu(struct vs_switch *sw, uint32_t port, uint32_t mtu)
     if (mtu < VS_MIN_MTU || mtu > VS_MAX_MTU)
         return -EINVAL;
     p->mtu = mtu;
+    return 0;
+}
+
+int vs_port_set_mac_limit(struct vs_switch *sw, uint32_t port, uint32_t limit)
+{
+    struct vs_port *p = get_port(sw, port);
+    if (!p)
+        return -ENODEV;
+    p->mac_limit = limit;
+    return 0;
+}
+
+int vs_port_set_fd(struct vs_switch *sw, uint32_t port, int fd)
+{
+    struct vs_port *p = get_port(sw, port);
+    if (!p || p->kind != VS_PORT_TAP)
+        return -EINVAL;
+    p->fd = fd;
+    p->broken = false;
+    p->error = "";
     return 0;
 }
 
@@ -201,7 +225,7 @@ uint32_t vs_port_state(struct vs_switch *sw, uint32_t port)
     uint32_t s = VS_STATE_OPEN;
     if (p->broken)
         s |= VS_STATE_BROKEN;
-    if (p->vq[0].ready && p->vq[1].ready)
+    if (p->kind == VS_PORT_TAP ? (p->fd >= 0 && !p->broken) : (p->vq[0].ready && p->vq[1].ready))
         s |= VS_STATE_UP;
     return s;
 }
@@ -328,6 +352,12 @@ static inline uint64_t mac_at(const uint8_t *b)
            (uint64_t)b[3] << 16 | (uint64_t)b[4] << 8 | (uint64_t)b[5];
 }
 
+/* Can the port take frames now? */
+static inline bool can_take(const struct vs_port *p)
+{
+    return p->kind == VS_PORT_TAP ? p->fd >= 0 && !p->broken : p->vq[0].ready;
+}
+
 static inline void queue_on(struct vs_switch *sw, uint32_t port, struct vs_pkt *pkt)
 {
     struct vs_port *d = &sw->ports[port];
@@ -338,8 +368,11 @@ static inline void queue_on(struct vs_switch *sw, uint32_t port, struct vs_pkt *
 
 static void forward(struct vs_switch *sw, uint32_t in, struct vs_pkt *pkts, uint32_t n)
 {
+    struct vs_port *ip = &sw->ports[in];
     for (uint32_t i = 0; i < n; i++) {
         struct vs_pkt *pkt = &pkts[i];
+        if (vs_capturing(ip, VS_CAP_RX))
+            vs_capture_frame(ip, VS_CAP_RX, pkt->data, pkt->len);
         uint64_t dst = mac_at(pkt->data), src = mac_at(pkt->data + 6);
         /* Group and all-zero sources are never stations. */
         if (!(src & (1ULL << 40)) && src != 0)
@@ -350,7 +383,7 @@ static void forward(struct vs_switch *sw, uint32_t in, struct vs_pkt *pkts, uint
                 if ((uint32_t)out == in)
                     continue;
                 struct vs_port *d = &sw->ports[out];
-                if (d->open && d->vq[0].ready)
+                if (d->open && can_take(d))
                     queue_on(sw, (uint32_t)out, pkt);
                 else if (d->open)
                     d->st.tx_drop_port_down++;
@@ -360,7 +393,7 @@ static void forward(struct vs_switch *sw, uint32_t in, struct vs_pkt *pkts, uint
         sw->st.flooded++;
         for (uint32_t k = 0; k < sw->nopen; k++) {
             uint32_t o = sw->open_ids[k];
-            if (o != in && sw->ports[o].vq[0].ready) {
+            if (o != in && can_take(&sw->ports[o])) {
                 sw->ports[o].st.tx_flood++;
                 queue_on(sw, o, pkt);
             }
@@ -368,16 +401,36 @@ static void forward(struct vs_switch *sw, uint32_t in, struct vs_pkt *pkts, uint
     }
     for (uint32_t k = 0; k < sw->ndirty; k++) {
         struct vs_port *d = &sw->ports[sw->dirty[k]];
-        vs_vring_enqueue(d, &d->vq[0], d->pending, d->npending);
+        if (d->kind == VS_PORT_TAP)
+            vs_tap_enqueue(d, d->pending, d->npending);
+        else
+            vs_vring_enqueue(d, &d->vq[0], d->pending, d->npending);
         d->npending = 0;
     }
     sw->ndirty = 0;
+}
+
+static int serve_tap(struct vs_switch *sw, uint32_t port, uint32_t budget)
+{
+    struct vs_port *p = &sw->ports[port];
+    uint32_t total = 0;
+    vs_tick(sw);
+    while (total < budget) {
+        int n = vs_tap_dequeue(p, sw->pkts, VS_BURST);
+        if (n <= 0)
+            return total > 0 ? (int)total : n;
+        forward(sw, port, sw->pkts, (uint32_t)n);
+        total += (uint32_t)n;
+    }
+    return (int)total;
 }
 
 /* Serves a port's TX ring until it is empty or the budget is spent. */
 static int serve_tx(struct vs_switch *sw, uint32_t port, uint32_t budget)
 {
     struct vs_port *p = &sw->ports[port];
+    if (p->kind == VS_PORT_TAP)
+        return serve_tap(sw, port, budget);
     struct vs_vring *vq = &p->vq[1];
     uint32_t total = 0;
     if (!vq->ready)
@@ -410,6 +463,8 @@ int vs_port_kick(struct vs_switch *sw, uint32_t port, uint32_t q)
     struct vs_vring *vq = get_vring(sw, port, q, &p);
     if (!vq)
         return -EINVAL;
+    if (p->kind == VS_PORT_TAP)
+        return serve_tx(sw, port, KICK_BUDGET);
     if (vq->kick_fd >= 0) {
         uint64_t v;
         if (read(vq->kick_fd, &v, sizeof(v)) == sizeof(v))

@@ -46,14 +46,17 @@ def guest(sw: SwitchProcess, i: int, image: Path) -> Guest:
     )
 
 
-async def ping(g: Guest, target: str, count: int = 2) -> None:
-    r = await g.exec(f"ping -c {count} -W 5 {target}", timeout=60)
-    assert r.rc == 0, f"{g.name} -> {target} failed:\n{r.stdout}{r.stderr}"
+async def ping(g: Guest, target: str, count: int = 2, sw: SwitchProcess | None = None) -> None:
+    # -w bounds the whole run: busybox ping can otherwise wait long for a reply.
+    r = await g.exec(f"ping -c {count} -W 5 -w {5 + 2 * count} {target}", timeout=60)
+    if r.rc != 0:
+        counters = {n: p["counters"] for n, p in (await sw.ports()).items()} if sw else {}
+        raise AssertionError(f"{g.name} -> {target} failed:\n{r.stdout}{r.stderr}\n{counters}")
 
 
-async def full_mesh(guests: list[Guest]) -> None:
+async def full_mesh(guests: list[Guest], sw: SwitchProcess) -> None:
     for a, b in itertools.permutations(range(len(guests)), 2):
-        await ping(guests[a], ip(b))
+        await ping(guests[a], ip(b), sw=sw)
 
 
 async def test_three_guests_switch_learn_and_survive_restarts(tmp_path: Path, image: Path) -> None:
@@ -66,7 +69,7 @@ async def test_three_guests_switch_learn_and_survive_restarts(tmp_path: Path, im
             for n in NAMES:
                 await sw.wait_port(n, "up")
 
-            await full_mesh(guests)
+            await full_mesh(guests, sw)
 
             info = await sw.ports()
             for n in NAMES:
@@ -90,20 +93,20 @@ async def test_three_guests_switch_learn_and_survive_restarts(tmp_path: Path, im
             await guests[2].kill()
             await sw.wait_port("vm3", "listening")
             assert mac(2) not in {e["mac"] for e in await sw.fdb()}
-            await ping(guests[0], ip(1))
+            await ping(guests[0], ip(1), sw=sw)
 
             # QEMU restarted on the same socket: connectivity comes back.
             guests[2] = guest(sw, 2, image)
             await guests[2].start()
             await guests[2].wait_ready(timeout=240)
             await sw.wait_port("vm3", "up")
-            await ping(guests[2], ip(0), count=3)
-            await ping(guests[1], ip(2))
+            await ping(guests[2], ip(0), count=3, sw=sw)
+            await ping(guests[1], ip(2), sw=sw)
 
             # A guest reboot resets the device under the same connection.
             await guests[1].reboot(timeout=240)
             await sw.wait_port("vm2", "up")
-            await full_mesh(guests)
+            await full_mesh(guests, sw)
             assert (await sw.ports())["vm2"]["counters"]["ring_errors"] == 0
         finally:
             await asyncio.gather(*(g.stop() for g in guests), return_exceptions=True)

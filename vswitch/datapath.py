@@ -16,10 +16,16 @@ from vswitch._fastpath import ffi, lib
 # The header's structs are shared with C; a mismatch means a stale build.
 assert ffi.sizeof("struct vs_mem_region") == 40
 assert ffi.sizeof("struct vs_fdb_entry") == 24
+assert ffi.sizeof("struct vs_cap_hdr") == 24
 
 MAX_PORTS: int = lib.VS_MAX_PORTS
 MAX_QUEUES: int = lib.VS_MAX_QUEUES
 BURST: int = lib.VS_BURST
+PORT_VHOST: int = lib.VS_PORT_VHOST
+PORT_TAP: int = lib.VS_PORT_TAP
+CAP_RX: int = lib.VS_CAP_RX
+CAP_TX: int = lib.VS_CAP_TX
+CAP_HDR = ffi.sizeof("struct vs_cap_hdr")
 
 PORT_STAT_FIELDS = [f for f, _ in ffi.typeof("struct vs_port_stats").fields]
 SWITCH_STAT_FIELDS = [f for f, _ in ffi.typeof("struct vs_switch_stats").fields]
@@ -76,12 +82,20 @@ class Datapath:
 
     # Ports
 
-    def open_port(self, mtu: int) -> int:
+    def open_port(self, mtu: int, kind: int = PORT_VHOST) -> int:
         if not self._free_ids:
             raise OSError(errno.ENOSPC, f"no room for more than {MAX_PORTS} ports")
-        port = self._free_ids.pop()
-        _check(lib.vs_port_open(self._sw, port, lib.VS_PORT_VHOST, mtu), "open port")
+        port = self._free_ids[-1]
+        _check(lib.vs_port_open(self._sw, port, kind, mtu), "open port")
+        self._free_ids.pop()
         return port
+
+    def set_fd(self, port: int, fd: int) -> None:
+        """TAP ports: the non-blocking tap fd (borrowed), or -1."""
+        _check(lib.vs_port_set_fd(self._sw, port, fd), "tap fd")
+
+    def set_mac_limit(self, port: int, limit: int) -> None:
+        _check(lib.vs_port_set_mac_limit(self._sw, port, limit), f"MAC limit {limit}")
 
     def close_port(self, port: int) -> None:
         lib.vs_port_close(self._sw, port)
@@ -162,6 +176,18 @@ class Datapath:
 
     def poll(self, budget: int = BURST) -> int:
         return lib.vs_poll(self._sw, budget)
+
+    # Capture
+
+    def capture_start(self, port: int, dirs: int, snaplen: int, ring_bytes: int) -> None:
+        _check(lib.vs_capture_start(self._sw, port, dirs, snaplen, ring_bytes), "start capture")
+
+    def capture_stop(self, port: int) -> None:
+        lib.vs_capture_stop(self._sw, port)
+
+    def capture_read(self, port: int, buf: bytearray) -> int:
+        """Fills buf with whole records (struct vs_cap_hdr + frame, 8-aligned)."""
+        return lib.vs_capture_read(self._sw, port, ffi.from_buffer(buf), len(buf))
 
     # MAC table
 

@@ -1,0 +1,70 @@
+/* TAP ports: the kernel side of the switch.  A tap fd opened with
+ * IFF_TAP|IFF_NO_PI carries one Ethernet frame per read() or write();
+ * the fd is non-blocking, so a full or empty queue is EAGAIN, never a wait. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <unistd.h>
+
+#include "vs_internal.h"
+
+int vs_tap_dequeue(struct vs_port *p, struct vs_pkt *pkts, uint32_t max)
+{
+    uint32_t got = 0;
+    uint32_t limit = p->mtu + 18;
+    /* Dropped frames count against the burst too, so a flood of runts
+     * cannot keep us here. */
+    for (uint32_t tries = 0; got < max && tries < max && p->fd >= 0; tries++) {
+        ssize_t n = read(p->fd, pkts[got].data, VS_PKT_SIZE);
+        if (n <= 0) {
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n == 0 || errno != EAGAIN) {
+                /* The interface is gone (deleted from outside): the port
+                 * goes down, the switch goes on. */
+                vs_port_break(p, "tap device read failed");
+                return got > 0 ? (int)got : -EIO;
+            }
+            break;
+        }
+        if (n < 14) {
+            p->st.rx_drop_runt++;
+            continue;
+        }
+        if ((uint32_t)n > limit) {
+            p->st.rx_drop_too_long++;
+            continue;
+        }
+        pkts[got].len = (uint32_t)n;
+        p->st.rx_packets++;
+        p->st.rx_bytes += (uint64_t)n;
+        got++;
+    }
+    return (int)got;
+}
+
+uint32_t vs_tap_enqueue(struct vs_port *p, struct vs_pkt **pkts, uint32_t n)
+{
+    uint32_t sent = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (pkts[i]->len > p->mtu + 18) {
+            p->st.tx_drop_too_long++;
+            continue;
+        }
+        ssize_t w = write(p->fd, pkts[i]->data, pkts[i]->len);
+        if (w != (ssize_t)pkts[i]->len) {
+            if (w < 0 && errno != EAGAIN && errno != ENOBUFS) {
+                p->st.tx_drop_port_down += n - i;
+                vs_port_break(p, "tap device write failed");
+                return sent;
+            }
+            p->st.tx_drop_no_buffer++;
+            continue;
+        }
+        p->st.tx_packets++;
+        p->st.tx_bytes += pkts[i]->len;
+        if (vs_capturing(p, VS_CAP_TX))
+            vs_capture_frame(p, VS_CAP_TX, pkts[i]->data, pkts[i]->len);
+        sent++;
+    }
+    return sent;
+}
