@@ -88,6 +88,8 @@ struct vs_switch_stats {
     uint64_t fdb_full;              /* learning skipped: table full (frames still flood) */
     uint64_t fdb_aged;
     uint64_t flooded;               /* frames flooded (unknown unicast, broadcast, multicast) */
+    uint64_t poll_sleeps;           /* times the poll thread went to sleep */
+    uint64_t poll_loops;            /* busy-poll iterations of the poll thread */
 };
 
 struct vs_fdb_entry {
@@ -166,6 +168,17 @@ int vs_capture_start(struct vs_switch *sw, uint32_t port, uint32_t dirs, uint32_
 void vs_capture_stop(struct vs_switch *sw, uint32_t port);
 /* Moves whole records (struct vs_cap_hdr + frame) into buf; returns bytes. */
 uint32_t vs_capture_read(struct vs_switch *sw, uint32_t port, uint8_t *buf, uint32_t max);
+
+/* The poll thread (adaptive polling, like NAPI).  vs_run() serves every
+ * port in a busy loop while frames flow, and after idle_us without any
+ * sleeps in epoll on the kick eventfds and tap fds until one fires.  It
+ * returns after vs_run_stop().  While it runs, every other call except the
+ * counters and vs_capture_read must happen between vs_run_pause() (which
+ * returns once the loop is parked) and vs_run_resume(). */
+int vs_run(struct vs_switch *sw, uint32_t idle_us);
+void vs_run_pause(struct vs_switch *sw);
+void vs_run_resume(struct vs_switch *sw);
+void vs_run_stop(struct vs_switch *sw);
 
 /* MAC table. */
 int vs_fdb_add(struct vs_switch *sw, uint64_t mac, uint16_t vlan, uint32_t port, int is_static);

@@ -155,6 +155,16 @@ struct vs_fdb {
     uint32_t max;
 };
 
+/* vs_run.c: the poll thread's state. */
+struct vs_runner {
+    int epfd;
+    int ctl_fd;             /* wakes the loop: pause, resume, stop */
+    int ack_fd;             /* the loop is parked */
+    int pause_req;
+    int stop_req;
+    bool running;
+};
+
 struct vs_switch {
     struct vs_fdb fdb;
     struct vs_switch_stats st;
@@ -163,6 +173,7 @@ struct vs_switch {
     uint32_t open_ids[VS_MAX_PORTS];
     uint32_t ndirty;                /* ports with pending frames this burst */
     uint32_t dirty[VS_MAX_PORTS];
+    struct vs_runner run;
     struct vs_pkt pkts[VS_BURST];
     struct vs_port ports[VS_MAX_PORTS];
 };
@@ -190,8 +201,15 @@ void vs_vring_notify(struct vs_port *p, struct vs_vring *vq);
 void vs_vring_enable_kicks(struct vs_port *p, struct vs_vring *vq, bool on);
 void vs_port_break(struct vs_port *p, const char *why);
 
+/* vs_run.c */
+int vs_run_init(struct vs_switch *sw);
+void vs_run_destroy(struct vs_switch *sw);
+
 /* vs_switch.c */
 void vs_tick(struct vs_switch *sw);
+int vs_serve(struct vs_switch *sw, uint32_t port, uint32_t budget, bool arm);
+
+
 
 /* vs_capture.c */
 void vs_capture_frame(struct vs_port *p, uint32_t dir, const uint8_t *data, uint32_t len);

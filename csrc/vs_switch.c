@@ -27,7 +27,10 @@ struct vs_switch *vs_switch_new(uint32_t fdb_size)
     struct vs_switch *sw = calloc(1, sizeof(*sw));
     if (!sw)
         return NULL;
-    if (vs_fdb_init(&sw->fdb, fdb_size) < 0) {
+    sw->run.ctl_fd = sw->run.ack_fd = -1;
+    if (vs_fdb_init(&sw->fdb, fdb_size) < 0 || vs_run_init(sw) < 0) {
+        vs_run_destroy(sw);
+        vs_fdb_destroy(&sw->fdb);
         free(sw);
         return NULL;
     }
@@ -46,6 +49,7 @@ void vs_switch_free(struct vs_switch *sw)
         if (sw->ports[i].open)
             vs_port_close(sw, i);
     vs_fdb_destroy(&sw->fdb);
+    vs_run_destroy(sw);
     free(sw);
 }
 
@@ -425,8 +429,10 @@ static int serve_tap(struct vs_switch *sw, uint32_t port, uint32_t budget)
     return (int)total;
 }
 
-/* Serves a port's TX ring until it is empty or the budget is spent. */
-static int serve_tx(struct vs_switch *sw, uint32_t port, uint32_t budget)
+/* Serves a port's TX ring until it is empty or the budget is spent.  With
+ * arm, an empty ring is left asking the guest for kicks (event mode); the
+ * poll loop arms rings only before it sleeps, so a busy guest never kicks. */
+int vs_serve(struct vs_switch *sw, uint32_t port, uint32_t budget, bool arm)
 {
     struct vs_port *p = &sw->ports[port];
     if (p->kind == VS_PORT_TAP)
@@ -447,6 +453,8 @@ static int serve_tx(struct vs_switch *sw, uint32_t port, uint32_t budget)
             return (int)total;  /* kicks stay off: the caller comes back */
         if (n > 0)
             continue;
+        if (!arm)
+            return (int)total;
         /* Ring looked empty: ask for kicks, then look once more so a frame
          * added in between is not left waiting for a kick that never comes. */
         vs_vring_enable_kicks(p, vq, true);
@@ -464,7 +472,7 @@ int vs_port_kick(struct vs_switch *sw, uint32_t port, uint32_t q)
     if (!vq)
         return -EINVAL;
     if (p->kind == VS_PORT_TAP)
-        return serve_tx(sw, port, KICK_BUDGET);
+        return vs_serve(sw, port, KICK_BUDGET, true);
     if (vq->kick_fd >= 0) {
         uint64_t v;
         if (read(vq->kick_fd, &v, sizeof(v)) == sizeof(v))
@@ -472,14 +480,14 @@ int vs_port_kick(struct vs_switch *sw, uint32_t port, uint32_t q)
     }
     if (q % 2 == 0)
         return 0;   /* RX buffers added: nothing waits for them, we never queue */
-    return serve_tx(sw, port, KICK_BUDGET);
+    return vs_serve(sw, port, KICK_BUDGET, true);
 }
 
 int vs_poll(struct vs_switch *sw, uint32_t budget)
 {
     int total = 0;
     for (uint32_t k = 0; k < sw->nopen; k++) {
-        int n = serve_tx(sw, sw->open_ids[k], budget);
+        int n = vs_serve(sw, sw->open_ids[k], budget, true);
         if (n > 0)
             total += n;
     }

@@ -6,10 +6,14 @@ negative errno returns turned into OSError.  Nothing here touches a frame.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from vswitch._fastpath import ffi, lib
 
@@ -55,8 +59,28 @@ class FdbEntry:
     static: bool
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _parked(method: F) -> F:
+    """Runs the method with the poll thread (if any) parked: the one way the
+    control plane changes what the data path sees (design.md, "quiesce")."""
+
+    @functools.wraps(method)
+    def wrapper(self: Datapath, *args: Any, **kwargs: Any) -> Any:
+        with self.paused():
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 class Datapath:
-    """One vs_switch.  Call close() (or use `with`) to free it."""
+    """One vs_switch.  Call close() (or use `with`) to free it.
+
+    Two ways to drive it: the event loop calls kick() when a kick eventfd or
+    tap fd is readable (`threaded` is False), or start_thread() runs the
+    adaptive poll loop in its own thread, which watches those fds itself.
+    """
 
     def __init__(self, fdb_size: int) -> None:
         sw = lib.vs_switch_new(fdb_size)
@@ -64,11 +88,53 @@ class Datapath:
             raise OSError(errno.ENOMEM, f"cannot create a switch with a {fdb_size}-entry MAC table")
         self._sw = sw
         self._free_ids = list(range(MAX_PORTS - 1, -1, -1))
+        self._thread: threading.Thread | None = None
+        self._thread_rc = 0
+        self._pauses = 0
 
     def close(self) -> None:
+        self.stop_thread()
         if self._sw is not None:
             lib.vs_switch_free(self._sw)
             self._sw = None
+
+    # The poll thread
+
+    @property
+    def threaded(self) -> bool:
+        return self._thread is not None
+
+    def start_thread(self, idle_us: int = 100) -> None:
+        def run() -> None:
+            self._thread_rc = lib.vs_run(self._sw, idle_us)  # the GIL is released inside
+
+        self._thread = threading.Thread(target=run, name="vswitch-poll", daemon=True)
+        self._thread.start()
+
+    def stop_thread(self) -> None:
+        if self._thread is None:
+            return
+        lib.vs_run_stop(self._sw)
+        self._thread.join()
+        self._thread = None
+        _check(self._thread_rc, "poll thread")
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Parks the poll thread for the duration (nests); no-op without one.
+        Parking waits for the current burst at most: microseconds."""
+        if self._thread is None:
+            yield
+            return
+        if self._pauses == 0:
+            lib.vs_run_pause(self._sw)
+        self._pauses += 1
+        try:
+            yield
+        finally:
+            self._pauses -= 1
+            if self._pauses == 0:
+                lib.vs_run_resume(self._sw)
 
     def __enter__(self) -> Datapath:
         return self
@@ -82,6 +148,7 @@ class Datapath:
 
     # Ports
 
+    @_parked
     def open_port(self, mtu: int, kind: int = PORT_VHOST) -> int:
         if not self._free_ids:
             raise OSError(errno.ENOSPC, f"no room for more than {MAX_PORTS} ports")
@@ -90,26 +157,33 @@ class Datapath:
         self._free_ids.pop()
         return port
 
+    @_parked
     def set_fd(self, port: int, fd: int) -> None:
         """TAP ports: the non-blocking tap fd (borrowed), or -1."""
         _check(lib.vs_port_set_fd(self._sw, port, fd), "tap fd")
 
+    @_parked
     def set_mac_limit(self, port: int, limit: int) -> None:
         _check(lib.vs_port_set_mac_limit(self._sw, port, limit), f"MAC limit {limit}")
 
+    @_parked
     def close_port(self, port: int) -> None:
         lib.vs_port_close(self._sw, port)
         self._free_ids.append(port)
 
+    @_parked
     def reset_port(self, port: int) -> None:
         lib.vs_port_reset(self._sw, port)
 
+    @_parked
     def set_mtu(self, port: int, mtu: int) -> None:
         _check(lib.vs_port_set_mtu(self._sw, port, mtu), f"MTU {mtu}")
 
+    @_parked
     def set_features(self, port: int, features: int) -> None:
         _check(lib.vs_port_set_features(self._sw, port, features), "set features")
 
+    @_parked
     def set_mem(self, port: int, regions: Sequence[Region]) -> None:
         arr = ffi.new("struct vs_mem_region[]", len(regions))
         for i, r in enumerate(regions):
@@ -144,24 +218,31 @@ class Datapath:
 
     # Virtqueues
 
+    @_parked
     def vring_num(self, port: int, q: int, num: int) -> None:
         _check(lib.vs_vring_set_num(self._sw, port, q, num), f"vring {q} size {num}")
 
+    @_parked
     def vring_addr(self, port: int, q: int, desc: int, used: int, avail: int) -> None:
         _check(lib.vs_vring_set_addr(self._sw, port, q, desc, used, avail), f"vring {q} addresses")
 
+    @_parked
     def vring_base(self, port: int, q: int, base: int) -> None:
         _check(lib.vs_vring_set_base(self._sw, port, q, base), f"vring {q} base {base}")
 
+    @_parked
     def vring_stop(self, port: int, q: int) -> int:
         return _check(lib.vs_vring_stop(self._sw, port, q), f"stop vring {q}")
 
+    @_parked
     def vring_kick_fd(self, port: int, q: int, fd: int) -> None:
         _check(lib.vs_vring_set_kick(self._sw, port, q, fd), f"vring {q} kick fd")
 
+    @_parked
     def vring_call_fd(self, port: int, q: int, fd: int) -> None:
         _check(lib.vs_vring_set_call(self._sw, port, q, fd), f"vring {q} call fd")
 
+    @_parked
     def vring_enable(self, port: int, q: int, enabled: bool) -> None:
         _check(lib.vs_vring_enable(self._sw, port, q, int(enabled)), f"enable vring {q}")
 
@@ -170,18 +251,22 @@ class Datapath:
 
     # Data path entry points
 
+    @_parked
     def kick(self, port: int, q: int) -> int:
         """Serve one queue after its kick eventfd fired; frames taken, or -errno."""
         return lib.vs_port_kick(self._sw, port, q)
 
+    @_parked
     def poll(self, budget: int = BURST) -> int:
         return lib.vs_poll(self._sw, budget)
 
     # Capture
 
+    @_parked
     def capture_start(self, port: int, dirs: int, snaplen: int, ring_bytes: int) -> None:
         _check(lib.vs_capture_start(self._sw, port, dirs, snaplen, ring_bytes), "start capture")
 
+    @_parked
     def capture_stop(self, port: int) -> None:
         lib.vs_capture_stop(self._sw, port)
 
@@ -191,18 +276,23 @@ class Datapath:
 
     # MAC table
 
+    @_parked
     def fdb_add(self, mac: int, port: int, *, vlan: int = 0, static: bool = True) -> None:
         _check(lib.vs_fdb_add(self._sw, mac, vlan, port, int(static)), f"add MAC {mac:012x}")
 
+    @_parked
     def fdb_del(self, mac: int, *, vlan: int = 0) -> bool:
         return lib.vs_fdb_del(self._sw, mac, vlan) == 0
 
+    @_parked
     def fdb_flush(self, port: int = -1, *, include_static: bool = False) -> int:
         return lib.vs_fdb_flush(self._sw, port, int(include_static))
 
+    @_parked
     def fdb_age(self, max_age: int) -> int:
         return lib.vs_fdb_age(self._sw, max_age)
 
+    @_parked
     def fdb_dump(self) -> list[FdbEntry]:
         n = self.switch_stats()["fdb_entries"]
         buf = ffi.new("struct vs_fdb_entry[]", max(n, 1))

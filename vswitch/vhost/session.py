@@ -83,6 +83,7 @@ class VhostSession:
         self._was_up = False
         self._broken_logged = False
         self.messages = 0
+        self._watched: set[int] = set()
 
     # Life cycle
 
@@ -284,11 +285,14 @@ class VhostSession:
         vr.started = True
         if fd >= 0:
             _nonblocking(fd)
-            self.loop.add_reader(fd, self._kick, q)
         self.dp.vring_kick_fd(self.port, q, fd)
         self._apply_enable()
-        # Serve what the guest queued before we were told where to look.
-        self.loop.call_soon(self._kick, q)
+        if not self.dp.threaded:
+            if fd >= 0:
+                self.loop.add_reader(fd, self._kick, q)
+                self._watched.add(fd)
+            # Serve what the guest queued before we were told where to look.
+            self.loop.call_soon(self._kick, q)
 
     def _set_vring_call(self, msg: Message) -> None:
         q, fd = self._vring_fd(msg)
@@ -313,7 +317,7 @@ class VhostSession:
             raise Refused(f"enable value {enable}")
         self.vrings[q].enabled = bool(enable)
         self._apply_enable()
-        if enable:
+        if enable and not self.dp.threaded:
             self.loop.call_soon(self._kick, q)
 
     def _apply_enable(self) -> None:
@@ -330,6 +334,14 @@ class VhostSession:
             return
         n = self.dp.kick(self.port, q)
         if n < 0:
+            self.check_broken()
+        elif n >= _KICK_BUDGET:
+            self.loop.call_soon(self._kick, q)
+
+    def check_broken(self) -> None:
+        """Logs a ring the fast path stopped (once per breakage).  Called
+        after a failed kick, and periodically when a poll thread runs."""
+        if self.dp.is_broken(self.port):
             if not self._broken_logged:
                 self._broken_logged = True
                 log.error(
@@ -338,13 +350,12 @@ class VhostSession:
                     self.dp.error(self.port),
                 )
             self._state_changed()
-        elif n >= _KICK_BUDGET:
-            self.loop.call_soon(self._kick, q)
 
     def _unwatch(self, q: int) -> None:
         fd = self.vrings[q].kick
-        if fd >= 0:
+        if fd in self._watched:
             self.loop.remove_reader(fd)
+            self._watched.discard(fd)
 
     def _state_changed(self) -> None:
         up = self.dp.is_up(self.port)

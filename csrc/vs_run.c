@@ -1,0 +1,209 @@
+/* The poll thread: adaptive polling in the style of NAPI.
+ *
+ * While frames flow, the loop serves every port back to back with kicks
+ * off, so a busy guest never pays for a notification.  After idle_us with
+ * nothing to do it asks every TX ring for kicks again, checks once more,
+ * and sleeps in epoll on the kick eventfds and tap fds: an idle switch
+ * costs nothing.
+ *
+ * The control plane changes what the loop sees only while it is parked:
+ * vs_run_pause() raises pause_req and wakes the loop through ctl_fd; the
+ * loop acknowledges on ack_fd and waits on ctl_fd until vs_run_resume().
+ * The loop rebuilds its epoll set after every pause, since that is when
+ * fds can have changed. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "vs_internal.h"
+
+#define RUN_BUDGET (4 * VS_BURST)
+#define TAG_CTL 0xffffffffu
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void efd_write(int fd)
+{
+    uint64_t one = 1;
+    while (write(fd, &one, sizeof(one)) < 0 && errno == EINTR)
+        ;
+}
+
+static void efd_read(int fd)
+{
+    uint64_t v;
+    while (read(fd, &v, sizeof(v)) < 0 && errno == EINTR)
+        ;
+}
+
+static void watch(struct vs_runner *r, int fd, uint32_t tag)
+{
+    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = tag};
+    epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &ev);
+}
+
+static int rebuild(struct vs_switch *sw)
+{
+    struct vs_runner *r = &sw->run;
+    if (r->epfd >= 0)
+        close(r->epfd);
+    r->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (r->epfd < 0)
+        return -errno;
+    watch(r, r->ctl_fd, TAG_CTL);
+    for (uint32_t k = 0; k < sw->nopen; k++) {
+        uint32_t id = sw->open_ids[k];
+        struct vs_port *p = &sw->ports[id];
+        if (p->kind == VS_PORT_TAP) {
+            if (p->fd >= 0)
+                watch(r, p->fd, id << 8 | 0xff);
+            continue;
+        }
+        for (uint32_t q = 0; q < VS_MAX_QUEUES; q++)
+            if (p->vq[q].kick_fd >= 0)
+                watch(r, p->vq[q].kick_fd, id << 8 | q);
+    }
+    return 0;
+}
+
+/* Parks the loop until resumed; false if asked to stop instead. */
+static bool park(struct vs_switch *sw)
+{
+    struct vs_runner *r = &sw->run;
+    efd_write(r->ack_fd);
+    while (__atomic_load_n(&r->pause_req, __ATOMIC_ACQUIRE) &&
+           !__atomic_load_n(&r->stop_req, __ATOMIC_ACQUIRE))
+        efd_read(r->ctl_fd);
+    return !__atomic_load_n(&r->stop_req, __ATOMIC_ACQUIRE);
+}
+
+/* Arms every TX ring for kicks; true if one of them has work after all. */
+static bool arm_all(struct vs_switch *sw)
+{
+    bool work = false;
+    for (uint32_t k = 0; k < sw->nopen; k++) {
+        struct vs_port *p = &sw->ports[sw->open_ids[k]];
+        struct vs_vring *vq = &p->vq[1];
+        if (p->kind != VS_PORT_VHOST || !vq->ready)
+            continue;
+        vs_vring_enable_kicks(p, vq, true);
+        if (__atomic_load_n(&vq->avail->idx, __ATOMIC_ACQUIRE) != vq->last_avail)
+            work = true;
+    }
+    return work;
+}
+
+static void sleep_until_kicked(struct vs_switch *sw)
+{
+    struct vs_runner *r = &sw->run;
+    struct epoll_event evs[64];
+    sw->st.poll_sleeps++;
+    int n = epoll_wait(r->epfd, evs, 64, -1);
+    for (int i = 0; i < n; i++) {
+        uint32_t tag = evs[i].data.u32;
+        if (tag == TAG_CTL) {
+            /* Consumed by park() when it is a pause; a stop needs nothing. */
+            continue;
+        }
+        uint32_t id = tag >> 8, q = tag & 0xff;
+        if (q == 0xff)
+            continue;   /* a tap fd: the next poll reads it */
+        struct vs_port *p = &sw->ports[id];
+        uint64_t v;
+        if (read(p->vq[q].kick_fd, &v, sizeof(v)) == sizeof(v))
+            p->st.kicks++;
+    }
+}
+
+int vs_run(struct vs_switch *sw, uint32_t idle_us)
+{
+    struct vs_runner *r = &sw->run;
+    if (r->running)
+        return -EBUSY;
+    r->running = true;
+    int rc = rebuild(sw);
+    uint64_t idle_ns = (uint64_t)idle_us * 1000u, last_work = now_ns();
+    while (rc == 0 && !__atomic_load_n(&r->stop_req, __ATOMIC_ACQUIRE)) {
+        if (__atomic_load_n(&r->pause_req, __ATOMIC_ACQUIRE)) {
+            if (!park(sw))
+                break;
+            rc = rebuild(sw);
+            last_work = now_ns();
+            continue;
+        }
+        sw->st.poll_loops++;
+        int total = 0;
+        for (uint32_t k = 0; k < sw->nopen; k++) {
+            int n = vs_serve(sw, sw->open_ids[k], RUN_BUDGET, false);
+            if (n > 0)
+                total += n;
+        }
+        uint64_t t = now_ns();
+        if (total > 0) {
+            last_work = t;
+            continue;
+        }
+        if (t - last_work < idle_ns)
+            continue;
+        if (!arm_all(sw))
+            sleep_until_kicked(sw);
+        last_work = now_ns();
+    }
+    if (r->epfd >= 0) {
+        close(r->epfd);
+        r->epfd = -1;
+    }
+    r->running = false;
+    return rc;
+}
+
+void vs_run_pause(struct vs_switch *sw)
+{
+    struct vs_runner *r = &sw->run;
+    __atomic_store_n(&r->pause_req, 1, __ATOMIC_RELEASE);
+    efd_write(r->ctl_fd);
+    efd_read(r->ack_fd);
+}
+
+void vs_run_resume(struct vs_switch *sw)
+{
+    struct vs_runner *r = &sw->run;
+    __atomic_store_n(&r->pause_req, 0, __ATOMIC_RELEASE);
+    efd_write(r->ctl_fd);
+}
+
+void vs_run_stop(struct vs_switch *sw)
+{
+    struct vs_runner *r = &sw->run;
+    __atomic_store_n(&r->stop_req, 1, __ATOMIC_RELEASE);
+    efd_write(r->ctl_fd);
+}
+
+int vs_run_init(struct vs_switch *sw)
+{
+    struct vs_runner *r = &sw->run;
+    r->epfd = -1;
+    r->ctl_fd = eventfd(0, EFD_CLOEXEC);
+    r->ack_fd = eventfd(0, EFD_CLOEXEC);
+    if (r->ctl_fd < 0 || r->ack_fd < 0)
+        return -errno;
+    return 0;
+}
+
+void vs_run_destroy(struct vs_switch *sw)
+{
+    struct vs_runner *r = &sw->run;
+    if (r->ctl_fd >= 0)
+        close(r->ctl_fd);
+    if (r->ack_fd >= 0)
+        close(r->ack_fd);
+    r->ctl_fd = r->ack_fd = -1;
+}
