@@ -161,6 +161,7 @@ struct vs_runner {
     int ctl_fd;             /* wakes the loop: pause, resume, stop */
     int ack_fd;             /* the loop is parked */
     int pause_req;
+    int resume_seq;
     int stop_req;
     bool running;
 };

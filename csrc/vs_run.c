@@ -78,8 +78,11 @@ static int rebuild(struct vs_switch *sw)
 static bool park(struct vs_switch *sw)
 {
     struct vs_runner *r = &sw->run;
+    /* Leave on a resume, not on pause_req dropping: a resume followed at
+     * once by the next pause must still get its own acknowledgement. */
+    int seq = __atomic_load_n(&r->resume_seq, __ATOMIC_ACQUIRE);
     efd_write(r->ack_fd);
-    while (__atomic_load_n(&r->pause_req, __ATOMIC_ACQUIRE) &&
+    while (__atomic_load_n(&r->resume_seq, __ATOMIC_ACQUIRE) == seq &&
            !__atomic_load_n(&r->stop_req, __ATOMIC_ACQUIRE))
         efd_read(r->ctl_fd);
     return !__atomic_load_n(&r->stop_req, __ATOMIC_ACQUIRE);
@@ -177,6 +180,7 @@ void vs_run_resume(struct vs_switch *sw)
 {
     struct vs_runner *r = &sw->run;
     __atomic_store_n(&r->pause_req, 0, __ATOMIC_RELEASE);
+    __atomic_add_fetch(&r->resume_seq, 1, __ATOMIC_RELEASE);
     efd_write(r->ctl_fd);
 }
 

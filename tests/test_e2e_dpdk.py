@@ -24,9 +24,12 @@ def dpdk() -> None:
     need(ok, why)
 
 
-async def test_testpmd_frames_flow_both_ways_and_counters_agree(tmp_path: Path, dpdk: None) -> None:
+@pytest.mark.parametrize("datapath", ["thread", "loop"])
+async def test_testpmd_frames_flow_both_ways_and_counters_agree(
+    tmp_path: Path, dpdk: None, datapath: str
+) -> None:
     ports = [{"name": n, "type": "vhost-user", "path": str(tmp_path / f"{n}.sock")} for n in "ab"]
-    async with SwitchProcess(tmp_path, ports) as sw:
+    async with SwitchProcess(tmp_path, ports, switch={"datapath": datapath}) as sw:
         vdevs = [
             f"net_virtio_user{i},path={sw.sock(n)},mac={MAC[i]},queue_size={QUEUE_SIZE}"
             for i, n in enumerate("ab")

@@ -59,9 +59,12 @@ async def full_mesh(guests: list[Guest], sw: SwitchProcess) -> None:
         await ping(guests[a], ip(b), sw=sw)
 
 
-async def test_three_guests_switch_learn_and_survive_restarts(tmp_path: Path, image: Path) -> None:
+@pytest.mark.parametrize("datapath", ["thread", "loop"])
+async def test_three_guests_switch_learn_and_survive_restarts(
+    tmp_path: Path, image: Path, datapath: str
+) -> None:
     ports = [{"name": n, "type": "vhost-user", "path": str(tmp_path / f"{n}.sock")} for n in NAMES]
-    async with SwitchProcess(tmp_path, ports) as sw:
+    async with SwitchProcess(tmp_path, ports, switch={"datapath": datapath}) as sw:
         guests = [guest(sw, i, image) for i in range(3)]
         try:
             await asyncio.gather(*(g.start() for g in guests))

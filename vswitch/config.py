@@ -184,6 +184,10 @@ class SwitchConfig(_Model):
     mac_age: Annotated[int, BeforeValidator(_int_in(0, 2**31 - 1, "seconds, 0 = never"))] = 300
     fdb_size: Annotated[int, BeforeValidator(_int_in(16, 16 * 2**20, "e.g. 65536"))] = 65536
     log_level: Annotated[Literal["debug", "info", "warning", "error"], _LogLevel] = "info"
+    # thread: the C poll thread serves the rings (busy while frames flow,
+    # asleep in epoll when idle); loop: the event loop serves them on kicks.
+    datapath: Literal["thread", "loop"] = "thread"
+    poll_idle_us: Annotated[int, BeforeValidator(_int_in(0, 1_000_000, "microseconds"))] = 100
 
 
 class VhostUserPort(_Model):

@@ -46,6 +46,10 @@ class Switch:
     async def _start(self) -> None:
         cfg = self.config
         self.dp = Datapath(cfg.switch.fdb_size)
+        if cfg.switch.datapath == "thread":
+            # Before any port exists, so no session ever watches kicks itself.
+            self.dp.start_thread(cfg.switch.poll_idle_us)
+            self._timers.append(asyncio.create_task(self._watch_rings(), name="ring watch"))
         for pc in cfg.ports:
             port = VhostPort(pc, self.dp)
             self.ports[pc.name] = port
@@ -86,6 +90,13 @@ class Switch:
     async def serve_forever(self) -> None:
         await self._stopped.wait()
         log.info("vswitch stopping")
+
+    async def _watch_rings(self) -> None:
+        """With a poll thread no kick handler sees a ring break: look each second."""
+        while True:
+            await asyncio.sleep(AGE_INTERVAL)
+            for port in self.ports.values():
+                port.check()
 
     async def _age(self) -> None:
         assert self.dp is not None

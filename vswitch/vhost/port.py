@@ -87,6 +87,10 @@ class VhostPort:
         finally:
             self.session = None
 
+    def check(self) -> None:
+        if self.session is not None:
+            self.session.check_broken()
+
     def info(self) -> dict[str, Any]:
         s = self.session
         state = self.dp.state(self.port) if self.port >= 0 else 0

@@ -1,0 +1,422 @@
+/* libFuzzer harness for the split-virtqueue fast path.
+ *
+ * Links the vs_*.c sources directly (not through cffi).  One input is one
+ * hostile guest: it chooses the memory table layout, the features, the ring
+ * sizes and where the rings lie, writes the whole content of guest memory
+ * (descriptors, avail rings, indexes, buffers, indirect tables) and a short
+ * script of control-plane and data-path calls.  Two vhost ports share that
+ * memory, so frames go from one guest's TX ring into the other's RX ring and
+ * both the dequeue and the enqueue paths run on fuzzed rings.
+ *
+ * Besides ASan/UBSan, the harness checks what the sanitizers cannot see:
+ * guest memory is a mmap of a memfd, outside ASan's view, so the file has
+ * canary gaps around every region and they must never change; a broken
+ * port must say why; captured records must be well formed.
+ *
+ * Build and run: scripts/fuzz [SECONDS].  Input layout (missing bytes read
+ * as zero):
+ *
+ *   0   u8  regions-1 (mod 3)        1  u8  file order of the regions
+ *   2   u8  features port 0           3  u8  features port 1
+ *           bit 0 MRG_RXBUF, 1 INDIRECT_DESC, 2 EVENT_IDX, 3 VERSION_1
+ *   4   u8  log2 ring size port 0     5  u8  log2 ring size port 1   (mod 9)
+ *   6   u16 mtu port 0                8  u16 mtu port 1
+ *   10  u8  fdb size - 1 (mod 16)
+ *   11  u8  ring layout: 0 packed at the start of region 0, else raw
+ *   12  u8  region 0's gpa in pages (mod 16)    13  unused (region 0 is 32 KiB)
+ *   14  region 1, then 16 region 2: u8 gpa gap after the previous region in
+ *       pages (mod 4; 0 = adjacent), u8 size in pages - 1 (mod 4)
+ *   18  raw layout: 4 rings x (u16 desc, u16 avail, u16 used) offsets
+ *   42  u16 set_base for each of the 4 rings
+ *   50  u8  number of ops (mod 24), then 2 bytes per op
+ *   ..  the rest: guest memory content, region by region in gpa order
+ *
+ * Ring k: 0 = port 0 RX, 1 = port 0 TX, 2 = port 1 RX, 3 = port 1 TX.
+ */
+#define _GNU_SOURCE
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "fastpath.h"
+
+#define PAGE 4096u
+#define REGION0_SIZE (32u << 10)
+#define GAP PAGE
+#define FILE_SIZE (96u << 10)
+#define CANARY 0xA5
+#define UA_BASE 0x7f0000000000ULL
+
+struct reader {
+    const uint8_t *p;
+    size_t n;
+};
+
+static uint8_t u8(struct reader *r)
+{
+    if (r->n == 0)
+        return 0;
+    r->n--;
+    return *r->p++;
+}
+
+static uint16_t u16(struct reader *r)
+{
+    uint16_t lo = u8(r);
+    return (uint16_t)(lo | (uint16_t)u8(r) << 8);
+}
+
+struct region {
+    uint64_t gpa, size, ua, off;
+};
+
+struct ring {
+    uint32_t num;
+    uint64_t desc, avail, used;     /* offsets in region 0 */
+};
+
+struct world {
+    struct vs_switch *sw;
+    uint32_t nreg;
+    struct region reg[3];
+    struct ring ring[4];
+    uint64_t features[2];
+    uint32_t mtu[2];
+    uint16_t base[4];
+};
+
+static int memfd = -1;
+static uint8_t *file;
+static int kick_fd[4], call_fd[4];
+static uint8_t capbuf[1 << 17];
+static uint8_t canary_page[PAGE];
+static bool verbose;    /* FUZZ_VRING_VERBOSE=1: print what each input did */
+
+static void die(const char *why)
+{
+    fprintf(stderr, "fuzz_vring: %s\n", why);
+    abort();
+}
+
+static void init_once(void)
+{
+    if (memfd >= 0)
+        return;
+    memfd = memfd_create("fuzz-guest", MFD_CLOEXEC);
+    if (memfd < 0 || ftruncate(memfd, FILE_SIZE) < 0)
+        die("memfd");
+    verbose = getenv("FUZZ_VRING_VERBOSE") != NULL;
+    memset(canary_page, CANARY, PAGE);
+    file = mmap(NULL, FILE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+    if (file == MAP_FAILED)
+        die("mmap");
+    for (int i = 0; i < 4; i++) {
+        kick_fd[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        call_fd[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (kick_fd[i] < 0 || call_fd[i] < 0)
+            die("eventfd");
+    }
+}
+
+static uint64_t feature_bits(uint8_t b)
+{
+    uint64_t f = 0;
+    if (b & 1)
+        f |= 1ULL << VS_F_MRG_RXBUF;
+    if (b & 2)
+        f |= 1ULL << VS_F_INDIRECT_DESC;
+    if (b & 4)
+        f |= 1ULL << VS_F_EVENT_IDX;
+    if (b & 8)
+        f |= 1ULL << VS_F_VERSION_1;
+    return f;
+}
+
+static int set_mem(struct world *w, uint32_t port)
+{
+    struct vs_mem_region t[3];
+    for (uint32_t i = 0; i < w->nreg; i++)
+        t[i] = (struct vs_mem_region){w->reg[i].gpa, w->reg[i].size, w->reg[i].ua,
+                                      w->reg[i].off, memfd};
+    return vs_port_set_mem(w->sw, port, t, w->nreg);
+}
+
+static void setup_ring(struct world *w, uint32_t k, uint16_t base)
+{
+    uint32_t port = k / 2, q = k % 2;
+    const struct ring *r = &w->ring[k];
+    uint64_t ua = w->reg[0].ua;
+    vs_vring_set_num(w->sw, port, q, r->num);
+    vs_vring_set_base(w->sw, port, q, base);
+    vs_vring_set_addr(w->sw, port, q, ua + r->desc, ua + r->used, ua + r->avail);
+    vs_vring_set_kick(w->sw, port, q, kick_fd[k]);
+    vs_vring_set_call(w->sw, port, q, call_fd[k]);
+    vs_vring_enable(w->sw, port, q, 1);
+}
+
+static void setup_port(struct world *w, uint32_t port)
+{
+    vs_port_set_features(w->sw, port, w->features[port]);
+    set_mem(w, port);
+    setup_ring(w, 2 * port, w->base[2 * port]);
+    setup_ring(w, 2 * port + 1, w->base[2 * port + 1]);
+}
+
+/* Where ring k's avail index lies in our own mapping, if it is inside region 0. */
+static uint16_t *avail_idx(struct world *w, uint32_t k)
+{
+    uint64_t off = w->ring[k].avail + 2;
+    if (off + 2 > w->reg[0].size || (off & 1))
+        return NULL;
+    return (uint16_t *)(file + w->reg[0].off + off);
+}
+
+static void check_port(struct world *w, uint32_t port)
+{
+    uint32_t st = vs_port_state(w->sw, port);
+    const char *err = vs_port_error(w->sw, port);
+    if (!(st & VS_STATE_OPEN))
+        die("port not open");
+    if ((st & VS_STATE_BROKEN) && err[0] == 0)
+        die("broken port without a reason");
+    if (!(st & VS_STATE_BROKEN) && err[0] != 0)
+        die("port has a reason but is not broken");
+    if ((st & VS_STATE_BROKEN) && (st & VS_STATE_UP))
+        die("broken port is up");
+}
+
+static void check_capture(uint32_t n, uint32_t snaplen)
+{
+    uint32_t off = 0;
+    while (off < n) {
+        struct vs_cap_hdr h;
+        if (n - off < sizeof(h))
+            die("capture: truncated record header");
+        memcpy(&h, capbuf + off, sizeof(h));
+        if (h.caplen > h.len || h.caplen > snaplen || h.port > 1 ||
+            (h.dir != VS_CAP_RX && h.dir != VS_CAP_TX) || h.len > VS_MAX_MTU + 18)
+            die("capture: bad record");
+        uint32_t rec = (uint32_t)((sizeof(h) + h.caplen + 7) & ~7u);
+        if (rec > n - off)
+            die("capture: record past the end");
+        off += rec;
+    }
+}
+
+static void run_op(struct world *w, uint8_t op, uint8_t arg)
+{
+    uint32_t port = arg & 1;
+    switch (op % 14) {
+    case 0:
+    case 1:
+    case 2:     /* the common case: a guest kicks its TX ring */
+        vs_port_kick(w->sw, port, 1);
+        break;
+    case 3:
+        vs_port_kick(w->sw, port, 0);
+        break;
+    case 4:
+        vs_poll(w->sw, 1 + arg);
+        break;
+    case 5: {   /* the guest adds more to a ring */
+        uint16_t *idx = avail_idx(w, arg & 3);
+        if (idx)
+            __atomic_store_n(idx, (uint16_t)(*idx + 1 + ((arg >> 2) & 7)), __ATOMIC_RELEASE);
+        break;
+    }
+    case 6: {   /* GET_VRING_BASE, then the front end starts the ring again */
+        uint32_t k = arg & 3;
+        int base = vs_vring_stop(w->sw, k / 2, k % 2);
+        if (arg & 4)
+            setup_ring(w, k, base < 0 ? 0 : (uint16_t)base);
+        break;
+    }
+    case 7:     /* reconnect */
+        vs_port_reset(w->sw, port);
+        if (arg & 2)
+            setup_port(w, port);
+        break;
+    case 8:
+        if (arg & 2)
+            vs_fdb_age(w->sw, 0);
+        else
+            vs_fdb_flush(w->sw, (arg & 4) ? -1 : (int)port, arg & 8);
+        break;
+    case 9: {
+        uint32_t snaplen = 1 + (uint32_t)(arg >> 1) * 40;
+        vs_capture_start(w->sw, port, 1 + (arg >> 6) % 3, snaplen, 64u << 10);
+        break;
+    }
+    case 10: {
+        uint32_t n = vs_capture_read(w->sw, port, capbuf, (arg & 2) ? 100 : sizeof(capbuf));
+        check_capture(n, VS_MAX_MTU + 18);
+        if (arg & 4)
+            vs_capture_stop(w->sw, port);
+        break;
+    }
+    case 11:
+        w->features[port] = feature_bits(arg >> 1);
+        vs_port_set_features(w->sw, port, w->features[port]);
+        break;
+    case 12:
+        set_mem(w, port);
+        break;
+    case 13:
+        vs_port_set_mtu(w->sw, port, VS_MIN_MTU + (uint32_t)arg * 36);
+        break;
+    }
+    check_port(w, 0);
+    check_port(w, 1);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    struct reader in = {data, size};
+    struct world w;
+    memset(&w, 0, sizeof(w));
+    init_once();
+
+    w.nreg = 1 + u8(&in) % 3;
+    uint8_t order = u8(&in);
+    w.features[0] = feature_bits(u8(&in));
+    w.features[1] = feature_bits(u8(&in));
+    uint32_t num[2];
+    num[0] = 1u << (u8(&in) % 9);
+    num[1] = 1u << (u8(&in) % 9);
+    w.mtu[0] = VS_MIN_MTU + u16(&in) % (VS_MAX_MTU - VS_MIN_MTU + 1);
+    w.mtu[1] = VS_MIN_MTU + u16(&in) % (VS_MAX_MTU - VS_MIN_MTU + 1);
+    uint32_t fdb_size = 1 + u8(&in) % 16;
+    uint8_t layout = u8(&in);
+
+    /* Regions: region 0 holds the rings; gpa gaps may be zero, making
+     * regions adjacent in guest-physical space but not in the file. */
+    uint64_t gpa = (uint64_t)(u8(&in) % 16) * PAGE;
+    for (uint32_t i = 0; i < 3; i++) {
+        if (i > 0)
+            gpa += (uint64_t)(u8(&in) % 4) * PAGE;
+        uint64_t sz = i == 0 ? REGION0_SIZE : (uint64_t)(1 + u8(&in) % 4) * PAGE;
+        if (i == 0)
+            u8(&in);
+        w.reg[i] = (struct region){gpa, sz, UA_BASE + (uint64_t)i * 0x10000000ULL, 0};
+        gpa += sz;
+    }
+    /* File order: regions in one of six permutations, a canary gap before each. */
+    static const uint8_t perms[6][3] = {{0, 1, 2}, {0, 2, 1}, {1, 0, 2},
+                                        {1, 2, 0}, {2, 0, 1}, {2, 1, 0}};
+    const uint8_t *perm = perms[order % 6];
+    uint64_t off = GAP;
+    for (uint32_t j = 0; j < 3; j++) {
+        struct region *r = &w.reg[perm[j]];
+        if (perm[j] >= w.nreg)
+            continue;
+        r->off = off;
+        off += r->size + GAP;
+    }
+    if (off > FILE_SIZE)
+        die("layout does not fit the file");
+
+    /* Rings. */
+    uint64_t pos = 0;
+    for (uint32_t k = 0; k < 4; k++) {
+        struct ring *r = &w.ring[k];
+        r->num = num[k / 2];
+        uint16_t d = u16(&in), a = u16(&in), u = u16(&in);
+        if (layout == 0) {
+            r->desc = pos;
+            r->avail = r->desc + 16 * r->num;
+            r->used = (r->avail + 6 + 2 * r->num + 3) & ~3ULL;
+            pos = (r->used + 6 + 8 * r->num + 15) & ~15ULL;
+        } else {
+            r->desc = d % REGION0_SIZE;
+            r->avail = a % REGION0_SIZE;
+            r->used = u % REGION0_SIZE;
+        }
+    }
+    for (uint32_t k = 0; k < 4; k++)
+        w.base[k] = u16(&in);
+    uint32_t nops = u8(&in) % 24;
+    uint8_t ops[2 * 24];
+    for (uint32_t i = 0; i < 2 * nops; i++)
+        ops[i] = u8(&in);
+
+    /* Guest memory: canaries everywhere, then the input over the regions. */
+    memset(file, CANARY, FILE_SIZE);
+    for (uint32_t i = 0; i < w.nreg; i++) {
+        uint8_t *dst = file + w.reg[i].off;
+        size_t n = in.n < w.reg[i].size ? in.n : w.reg[i].size;
+        memset(dst, 0, w.reg[i].size);
+        memcpy(dst, in.p, n);
+        in.p += n;
+        in.n -= n;
+    }
+
+    w.sw = vs_switch_new(fdb_size);
+    if (!w.sw)
+        die("vs_switch_new");
+    for (uint32_t port = 0; port < 2; port++) {
+        if (vs_port_open(w.sw, port, VS_PORT_VHOST, w.mtu[port]) < 0)
+            die("vs_port_open");
+        setup_port(&w, port);
+    }
+    check_port(&w, 0);
+    check_port(&w, 1);
+    for (uint32_t i = 0; i < nops; i++)
+        run_op(&w, ops[2 * i], ops[2 * i + 1]);
+    /* Every input ends with both TX rings kicked and a poll. */
+    run_op(&w, 0, 0);
+    run_op(&w, 0, 1);
+    vs_poll(w.sw, 64);
+
+    struct vs_fdb_entry fdb[64];
+    uint32_t n = vs_fdb_dump(w.sw, fdb, 64);
+    if (n > fdb_size)
+        die("MAC table holds more than its size");
+    for (uint32_t i = 0; i < n; i++)
+        if (fdb[i].port > 1 || fdb[i].mac >> 48)
+            die("MAC table entry out of range");
+    for (uint32_t port = 0; port < 2; port++) {
+        struct vs_port_stats st;
+        vs_port_get_stats(w.sw, port, &st);
+        if (st.fdb_count > fdb_size)
+            die("fdb_count out of range");
+        if (verbose)
+            fprintf(stderr,
+                    "port %u: state %u error '%s' rx %lu tx %lu drop runt %lu long %lu "
+                    "hdr %lu desc %lu nobuf %lu flood %lu ring_errors %lu calls %lu cap %lu\n",
+                    port, vs_port_state(w.sw, port), vs_port_error(w.sw, port),
+                    st.rx_packets, st.tx_packets, st.rx_drop_runt, st.rx_drop_too_long,
+                    st.rx_drop_bad_hdr, st.rx_drop_bad_desc, st.tx_drop_no_buffer, st.tx_flood,
+                    st.ring_errors, st.calls, st.cap_packets);
+    }
+    vs_switch_free(w.sw);
+
+    /* The regions were laid out in file order with a gap before each. */
+    uint64_t at = 0;
+    for (uint32_t j = 0; j <= 3; j++) {
+        uint64_t end = FILE_SIZE;
+        if (j < 3 && perm[j] >= w.nreg)
+            continue;
+        if (j < 3)
+            end = w.reg[perm[j]].off;
+        for (; at < end; at += PAGE) {
+            uint64_t n = end - at < PAGE ? end - at : PAGE;
+            if (memcmp(file + at, canary_page, n) != 0)
+                die("write outside guest memory");
+        }
+        if (j < 3)
+            at = end + w.reg[perm[j]].size;
+    }
+    uint64_t v;
+    for (int i = 0; i < 4; i++) {
+        while (read(kick_fd[i], &v, sizeof(v)) == sizeof(v))
+            ;
+        while (read(call_fd[i], &v, sizeof(v)) == sizeof(v))
+            ;
+    }
+    return 0;
+}
