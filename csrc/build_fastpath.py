@@ -30,24 +30,29 @@ def cdef_text() -> str:
     return "\n".join(lines)
 
 
-ffibuilder = FFI()
-ffibuilder.cdef(cdef_text())
-ffibuilder.set_source(
-    "vswitch._fastpath",
-    '#include "fastpath.h"',
-    sources=SOURCES,
-    include_dirs=[str(HERE)],
-    extra_compile_args=[
-        "-O2",
-        "-std=gnu11",
-        "-Wall",
-        "-Wextra",
-        "-Werror",
-        "-Wno-unused-parameter",
-        *os.environ.get("VSWITCH_CFLAGS", "").split(),
-    ],
-    extra_link_args=os.environ.get("VSWITCH_LDFLAGS", "").split(),
-)
+def make_builder(sources: list[str]) -> FFI:
+    ffi = FFI()
+    ffi.cdef(cdef_text())
+    ffi.set_source(
+        "vswitch._fastpath",
+        '#include "fastpath.h"',
+        sources=sources,
+        include_dirs=[str(HERE)],
+        extra_compile_args=[
+            "-O2",
+            "-std=gnu11",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-Wno-unused-parameter",
+            *os.environ.get("VSWITCH_CFLAGS", "").split(),
+        ],
+        extra_link_args=os.environ.get("VSWITCH_LDFLAGS", "").split(),
+    )
+    return ffi
+
+
+ffibuilder = make_builder(SOURCES)
 
 if __name__ == "__main__":
     # In-place build for development and the sanitizer tests:
@@ -55,5 +60,5 @@ if __name__ == "__main__":
     import sys
 
     out = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else ROOT
-    os.chdir(ROOT)
-    ffibuilder.compile(tmpdir=str(out), verbose=False)
+    # cffi compiles from inside tmpdir: hand it absolute sources.
+    make_builder([str(ROOT / s) for s in SOURCES]).compile(tmpdir=str(out), verbose=False)

@@ -154,8 +154,10 @@ int vs_vring_ready(struct vs_switch *sw, uint32_t port, uint32_t q);
 
 /* Data path.  vs_port_kick consumes the kick eventfd of one queue and
  * serves it; vs_poll serves every port without looking at eventfds.  Both
- * return the number of frames taken from the ports, or a negative errno if
- * the port's ring was found broken (see vs_port_error). */
+ * return the number of frames taken (at least 1 when the budget ran out
+ * before the ring did: call again), 0 when the ring is empty and kicks are
+ * rearmed, or a negative errno if the port's ring was found broken (see
+ * vs_port_error). */
 int vs_port_kick(struct vs_switch *sw, uint32_t port, uint32_t q);
 int vs_poll(struct vs_switch *sw, uint32_t budget);
 

@@ -140,6 +140,8 @@ int vs_fdb_add(struct vs_switch *sw, uint64_t mac, uint16_t vlan, uint32_t port,
 {
     if (port >= VS_MAX_PORTS || vlan > 4095 || mac > MAC_MASK)
         return -EINVAL;
+    if (!sw->ports[port].open)
+        return -ENODEV;
     uint64_t key = fdb_key(mac, vlan);
     struct fdb_slot *s = fdb_find(&sw->fdb, key);
     if (s && !(s->flags & VS_FDB_STATIC))

@@ -196,7 +196,10 @@ void *vs_uaddr_to_host(const struct vs_mem *mem, uint64_t ua, uint64_t len);
 /* vs_vring.c */
 void vs_vring_init(struct vs_vring *vq);
 int vs_vring_translate(struct vs_port *p, struct vs_vring *vq);
-int vs_vring_dequeue(struct vs_port *p, struct vs_vring *vq, struct vs_pkt *pkts, uint32_t max);
+/* Frames taken into pkts; *consumed counts every descriptor chain used,
+ * dropped frames included. */
+int vs_vring_dequeue(struct vs_port *p, struct vs_vring *vq, struct vs_pkt *pkts, uint32_t max,
+                     uint32_t *consumed);
 uint32_t vs_vring_enqueue(struct vs_port *p, struct vs_vring *vq, struct vs_pkt **pkts, uint32_t n);
 void vs_vring_notify(struct vs_port *p, struct vs_vring *vq);
 void vs_vring_enable_kicks(struct vs_port *p, struct vs_vring *vq, bool on);

@@ -13,6 +13,7 @@
  * fds can have changed. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <time.h>
@@ -37,11 +38,13 @@ static void efd_write(int fd)
         ;
 }
 
+/* Blocks until fd (non-blocking) has a count, then takes it. */
 static void efd_read(int fd)
 {
     uint64_t v;
-    while (read(fd, &v, sizeof(v)) < 0 && errno == EINTR)
-        ;
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    while (read(fd, &v, sizeof(v)) < 0 && (errno == EINTR || errno == EAGAIN))
+        poll(&pfd, 1, -1);
 }
 
 static void watch(struct vs_runner *r, int fd, uint32_t tag)
@@ -164,6 +167,12 @@ int vs_run(struct vs_switch *sw, uint32_t idle_us)
         close(r->epfd);
         r->epfd = -1;
     }
+    /* The stop is spent, and so are its wake-ups: the next vs_run starts
+     * clean.  (A stop asked before the loop started still ends it.) */
+    __atomic_store_n(&r->stop_req, 0, __ATOMIC_RELEASE);
+    uint64_t stale;
+    while (read(r->ctl_fd, &stale, sizeof(stale)) > 0)
+        ;
     r->running = false;
     return rc;
 }
@@ -195,8 +204,8 @@ int vs_run_init(struct vs_switch *sw)
 {
     struct vs_runner *r = &sw->run;
     r->epfd = -1;
-    r->ctl_fd = eventfd(0, EFD_CLOEXEC);
-    r->ack_fd = eventfd(0, EFD_CLOEXEC);
+    r->ctl_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    r->ack_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (r->ctl_fd < 0 || r->ack_fd < 0)
         return -errno;
     return 0;

@@ -438,20 +438,22 @@ int vs_serve(struct vs_switch *sw, uint32_t port, uint32_t budget, bool arm)
     if (p->kind == VS_PORT_TAP)
         return serve_tap(sw, port, budget);
     struct vs_vring *vq = &p->vq[1];
-    uint32_t total = 0;
+    uint32_t total = 0, spent = 0;
     if (!vq->ready)
         return p->broken ? -EIO : 0;
     vs_tick(sw);
     vs_vring_enable_kicks(p, vq, false);
-    for (;;) {
-        int n = vs_vring_dequeue(p, vq, sw->pkts, VS_BURST);
+    /* Every chain consumed, dropped or not, and every pass spends budget:
+     * a guest cannot keep us here with runts or a ring that never settles. */
+    while (spent < budget) {
+        uint32_t consumed;
+        int n = vs_vring_dequeue(p, vq, sw->pkts, VS_BURST, &consumed);
         if (n < 0)
-            return n;
+            return total > 0 ? (int)total : n;
         forward(sw, port, sw->pkts, (uint32_t)n);
         total += (uint32_t)n;
-        if (total >= budget)
-            return (int)total;  /* kicks stay off: the caller comes back */
-        if (n > 0)
+        spent += consumed + 1;
+        if (consumed > 0)
             continue;
         if (!arm)
             return (int)total;
@@ -463,6 +465,8 @@ int vs_serve(struct vs_switch *sw, uint32_t port, uint32_t budget, bool arm)
             return (int)total;
         vs_vring_enable_kicks(p, vq, false);
     }
+    /* Budget spent with kicks off: the caller comes back (see vs_port_kick). */
+    return (int)(total > 0 ? total : 1);
 }
 
 int vs_port_kick(struct vs_switch *sw, uint32_t port, uint32_t q)

@@ -58,6 +58,14 @@ int vs_vring_translate(struct vs_port *p, struct vs_vring *vq)
         return -EFAULT;
     if (((uintptr_t)d & 15) || ((uintptr_t)a & 1) || ((uintptr_t)u & 3))
         return -EINVAL;
+    /* The parts must not overlap: kick suppression writes used->flags, and
+     * a used ring laid over the avail index would turn our own writes
+     * into "new work" forever. */
+    uintptr_t dl = 16 * num, al = 4 + 2 * num + extra, ul = 4 + 8 * num + extra;
+    uintptr_t di = (uintptr_t)d, ai = (uintptr_t)a, ui = (uintptr_t)u;
+    if ((di < ai + al && ai < di + dl) || (di < ui + ul && ui < di + dl) ||
+        (ai < ui + ul && ui < ai + al))
+        return -EINVAL;
     vq->desc = d;
     vq->avail = a;
     vq->used = u;
@@ -255,12 +263,15 @@ static int read_tx_chain(struct vs_port *p, struct vs_vring *vq, uint16_t head,
     return 0;
 }
 
-int vs_vring_dequeue(struct vs_port *p, struct vs_vring *vq, struct vs_pkt *pkts, uint32_t max)
+int vs_vring_dequeue(struct vs_port *p, struct vs_vring *vq, struct vs_pkt *pkts, uint32_t max,
+                     uint32_t *consumed)
 {
     uint16_t avail;
+    *consumed = 0;
     if (!vq->ready || avail_count(p, vq, &avail) < 0)
         return p->broken ? -EIO : 0;
     uint32_t n = avail < max ? avail : max;
+    uint16_t start = vq->last_used;
     uint32_t got = 0;
     int rc = 0;
     for (uint32_t i = 0; i < n; i++) {
@@ -293,7 +304,8 @@ int vs_vring_dequeue(struct vs_port *p, struct vs_vring *vq, struct vs_pkt *pkts
             break;
         }
     }
-    if (vq->used) {
+    *consumed = (uint16_t)(vq->last_used - start);
+    if (vq->used && vq->last_used != start) {
         publish_used(vq);
         vs_vring_notify(p, vq);
     }

@@ -123,7 +123,7 @@ class Datapath:
     def paused(self) -> Iterator[None]:
         """Parks the poll thread for the duration (nests); no-op without one.
         Parking waits for the current burst at most: microseconds."""
-        if self._thread is None:
+        if self._thread is None or not self._thread.is_alive():
             yield
             return
         if self._pauses == 0:

@@ -24,9 +24,6 @@ from vswitch.vhost.transport import PeerClosed, close_fds, recv_message, send
 
 log = logging.getLogger("vswitch.vhost")
 
-# Frames one kick may take before the loop gets a turn (csrc KICK_BUDGET).
-_KICK_BUDGET = 8 * 32
-
 
 class Refused(Exception):
     """A well-formed request we will not carry out: NACKed when the front end
@@ -335,7 +332,9 @@ class VhostSession:
         n = self.dp.kick(self.port, q)
         if n < 0:
             self.check_broken()
-        elif n >= _KICK_BUDGET:
+        elif n > 0:
+            # The ring may hold more than one call's budget: come back after
+            # the loop has had a turn; an empty ring answers 0 and rearms.
             self.loop.call_soon(self._kick, q)
 
     def check_broken(self) -> None:
