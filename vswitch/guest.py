@@ -58,11 +58,15 @@ class GuestTimeoutError(GuestError, TimeoutError):
 
 @dataclass
 class Nic:
-    """A vhost-user NIC: QEMU connects as the client to the switch's unix socket."""
+    """A vhost-user NIC.  By default QEMU connects as the client to the
+    switch's unix socket (and reconnects if the switch restarts); with
+    server=True QEMU listens on the socket and the switch connects to it
+    (a port with `mode: client`)."""
 
     socket: str
     mac: str
     reconnect: bool = True
+    server: bool = False
 
 
 @dataclass
@@ -194,7 +198,10 @@ class Guest:
             "-serial", "chardev:agent",
         ]  # fmt: skip
         for i, nic in enumerate(self.nics):
-            rc = ",reconnect=1" if nic.reconnect else ""
+            if nic.server:
+                rc = ",server=on,wait=off"
+            else:
+                rc = ",reconnect=1" if nic.reconnect else ""
             args += [
                 "-chardev", f"socket,id=vu{i},path={_q(nic.socket)}{rc}",
                 "-netdev", f"vhost-user,id=net{i},chardev=vu{i}",
