@@ -223,6 +223,15 @@ static inline bool vs_capturing(const struct vs_port *p, uint32_t dir)
     return __builtin_expect(p->cap != NULL, 0) && (p->cap->dirs & dir);
 }
 
+/* Counts a frame given to a port, and mirrors it to a running capture. */
+static inline void vs_delivered(struct vs_port *p, const struct vs_pkt *pkt)
+{
+    p->st.tx_packets++;
+    p->st.tx_bytes += pkt->len;
+    if (vs_capturing(p, VS_CAP_TX))
+        vs_capture_frame(p, VS_CAP_TX, pkt->data, pkt->len);
+}
+
 /* vs_tap.c */
 int vs_tap_dequeue(struct vs_port *p, struct vs_pkt *pkts, uint32_t max);
 uint32_t vs_tap_enqueue(struct vs_port *p, struct vs_pkt **pkts, uint32_t n);

@@ -60,10 +60,7 @@ uint32_t vs_tap_enqueue(struct vs_port *p, struct vs_pkt **pkts, uint32_t n)
             p->st.tx_drop_no_buffer++;
             continue;
         }
-        p->st.tx_packets++;
-        p->st.tx_bytes += pkts[i]->len;
-        if (vs_capturing(p, VS_CAP_TX))
-            vs_capture_frame(p, VS_CAP_TX, pkts[i]->data, pkts[i]->len);
+        vs_delivered(p, pkts[i]);
         sent++;
     }
     return sent;

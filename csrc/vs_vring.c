@@ -425,10 +425,7 @@ uint32_t vs_vring_enqueue(struct vs_port *p, struct vs_vring *vq, struct vs_pkt 
             p->st.tx_drop_no_buffer++;
             continue;
         }
-        p->st.tx_packets++;
-        p->st.tx_bytes += pkts[i]->len;
-        if (vs_capturing(p, VS_CAP_TX))
-            vs_capture_frame(p, VS_CAP_TX, pkts[i]->data, pkts[i]->len);
+        vs_delivered(p, pkts[i]);
         sent++;
     }
     if (vq->used && sent > 0) {
