@@ -51,7 +51,7 @@ def test_example_config_loads(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, text))
     assert cfg.control_mode == 0o600
     vm1 = cfg.port("vm1")
-    assert (vm1.mode, vm1.owner, vm1.group, vm1.mtu) == (0o660, 0, 0, 1500)
+    assert (vm1.socket_mode, vm1.owner, vm1.group, vm1.mtu) == (0o660, 0, 0, 1500)
     assert vm1.static_macs == (parse_mac("52:54:00:00:00:01"),)
 
 
@@ -62,7 +62,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert cfg.control_mode == 0o600
     assert (cfg.switch.mac_age, cfg.switch.fdb_size, cfg.switch.log_level) == (300, 65536, "info")
     port = cfg.ports[0]
-    assert (port.mode, port.owner, port.group, port.mtu, port.static_macs) == (
+    assert (port.socket_mode, port.owner, port.group, port.mtu, port.static_macs) == (
         0o600,
         None,
         None,
@@ -92,7 +92,7 @@ def test_values_and_modes(tmp_path: Path) -> None:
             control_mode: 0640
             switch: {mac_age: 0, fdb_size: 16, log_level: DEBUG}
             ports:
-              - {name: a.b_c-1, type: vhost-user, path: a.sock, mode: "0o660", owner: "0",
+              - {name: a.b_c-1, type: vhost-user, path: a.sock, socket_mode: "0o660", owner: "0",
                  group: 0, mtu: 9000, static_macs: [52:54:00:00:00:01, "52-54-00-AB-CD-EF"]}
             """,
         )
@@ -101,7 +101,7 @@ def test_values_and_modes(tmp_path: Path) -> None:
     assert cfg.control_mode == 0o640
     assert (cfg.switch.mac_age, cfg.switch.fdb_size, cfg.switch.log_level) == (0, 16, "debug")
     port = cfg.ports[0]
-    assert (port.mode, port.owner, port.group, port.mtu) == (0o660, 0, 0, 9000)
+    assert (port.socket_mode, port.owner, port.group, port.mtu) == (0o660, 0, 0, 9000)
     assert [format_mac(m) for m in port.static_macs] == ["52:54:00:00:00:01", "52:54:00:ab:cd:ef"]
 
 
@@ -128,12 +128,13 @@ BAD = {
     "unknown top-level key": (
         PORTS + "controll: x\n",
         "controll: unknown key (did you mean 'control'? "
-        "known keys here: control, control_mode, ports, switch)",
+        "known keys here: control, control_mode, metrics, ports, switch)",
     ),
     "unknown port key": (
         PORTS + "    mtux: 1500\n",
         "ports[0] (vm1).mtux: unknown key (did you mean 'mtu'? "
-        "known keys here: group, mode, mtu, name, owner, path, static_macs, type)",
+        "known keys here: group, mac_limit, mode, mtu, name, owner, path, socket_mode, "
+        "static_macs, type)",
     ),
     "wrong type": (
         PORTS + '    mtu: "1500"\n',
@@ -204,14 +205,14 @@ BAD = {
         "ports[0] (vm1).static_macs (a MAC can be static on one port only)",
     ),
     "world-writable mode": (
-        PORTS + '    mode: "0666"\n',
-        "ports[0] (vm1).mode: mode 0666 is world-writable: any local user could connect to the "
-        "socket and control the switch or its guests (drop the o+w bit, e.g. 0660, "
+        PORTS + '    socket_mode: "0666"\n',
+        "ports[0] (vm1).socket_mode: mode 0666 is world-writable: any local user could connect "
+        "to the socket and control the switch or its guests (drop the o+w bit, e.g. 0660, "
         "and share with `group`)",
     ),
     "decimal mode": (
-        PORTS + "    mode: 660\n",
-        "ports[0] (vm1).mode: 660 is octal 1224: bits beyond rwxrwxrwx "
+        PORTS + "    socket_mode: 660\n",
+        "ports[0] (vm1).socket_mode: 660 is octal 1224: bits beyond rwxrwxrwx "
         '(write it as a quoted octal string, e.g. "0660")',
     ),
     "unknown type": (
@@ -277,7 +278,7 @@ def test_bad_config_gives_one_line(tmp_path: Path, case: str) -> None:
 
 
 def test_several_problems_one_line_each(tmp_path: Path) -> None:
-    path = write(tmp_path, PORTS + "    mtu: 1\n    mode: 0777\n    bogus: 1\n")
+    path = write(tmp_path, PORTS + "    mtu: 1\n    socket_mode: 0777\n    bogus: 1\n")
     lines = error_of(path).splitlines()
     assert len(lines) == 3
     assert all(line.startswith(f"{path}: ports[0] (vm1).") for line in lines)

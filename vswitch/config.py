@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import grp
+import ipaddress
 import os
 import pwd
 import re
@@ -22,6 +23,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     model_validator,
@@ -30,7 +32,7 @@ from pydantic import (
 from vswitch.errors import ConfigError
 from vswitch.mac import MAC_FIX, format_mac, parse_mac, parse_static_mac
 
-__all__ = ["Config", "ConfigError", "Port", "SwitchConfig", "VhostUserPort"]
+__all__ = ["Config", "ConfigError", "MetricsConfig", "Port", "SwitchConfig", "VhostUserPort"]
 __all__ += ["default_control_path", "format_mac", "load_config", "parse_config", "parse_mac"]
 
 MAX_PORTS = 256  # VS_MAX_PORTS in csrc/fastpath.h
@@ -165,10 +167,31 @@ def _log_level(v: Any) -> str:
     raise ValueError(f"{_describe(v)} is not a log level (use one of {', '.join(LOG_LEVELS)})")
 
 
+def _listen_addr(v: Any) -> str:
+    """HOST:PORT with an IPv4 address, [IPv6] or a host name; port 0 picks a free one."""
+    fix = 'write HOST:PORT, e.g. "127.0.0.1:9400" or "[::1]:9400"'
+    if not isinstance(v, str):
+        raise ValueError(f"expected HOST:PORT, got {_describe(v)} ({fix})")
+    m = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})", v.strip())
+    if not m:
+        raise ValueError(f"{v!r} is not HOST:PORT ({fix})")
+    host, port = m.group(1), int(m.group(2))
+    if port > 65535:
+        raise ValueError(f"port {port} is out of range 0..65535 ({fix})")
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"{host} is not an IPv6 address ({fix})") from None
+    return f"{host}:{port}"
+
+
 _LogLevel = BeforeValidator(_log_level)
 FileMode = Annotated[int, BeforeValidator(_file_mode)]
 SocketPath = Annotated[Path, BeforeValidator(_socket_path)]
 Mac = Annotated[int, BeforeValidator(_mac)]
+MacLimit = Annotated[int, BeforeValidator(_int_in(0, 16 * 2**20, "0 = no limit, e.g. 4096"))]
+DEFAULT_MAC_LIMIT = 4096  # dynamic addresses one port may own; 0 = no limit
 
 
 # --------------------------------------------------------------------------- models
@@ -190,16 +213,37 @@ class SwitchConfig(_Model):
     poll_idle_us: Annotated[int, BeforeValidator(_int_in(0, 1_000_000, "microseconds"))] = 100
 
 
+class MetricsConfig(_Model):
+    """The `metrics:` section: where the Prometheus endpoint listens."""
+
+    listen: Annotated[str, BeforeValidator(_listen_addr)] = Field(examples=["127.0.0.1:9400"])
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
 class VhostUserPort(_Model):
-    """A port a QEMU guest attaches to with `-netdev vhost-user` (the switch is the server)."""
+    """A port a QEMU guest attaches to with `-netdev vhost-user`.
+
+    mode server: the switch listens on path and QEMU connects (reconnect=1
+    lets QEMU find a restarted switch).  mode client: QEMU serves path
+    (`-chardev socket,server=on`) and the switch connects, retrying with
+    backoff until it appears and again whenever QEMU goes away."""
 
     name: Annotated[str, BeforeValidator(_port_name)] = Field(examples=["vm1"])
     type: Literal["vhost-user"] = Field(examples=["vhost-user"])
     path: SocketPath = Field(examples=["/tmp/vswitch/vm1.sock"])
-    mode: FileMode = 0o600
+    mode: Literal["server", "client"] = "server"
+    socket_mode: FileMode = 0o600
     owner: Annotated[int | None, BeforeValidator(_id_lookup("user"))] = None  # uid
     group: Annotated[int | None, BeforeValidator(_id_lookup("group"))] = None  # gid
     mtu: Annotated[int, BeforeValidator(_int_in(MIN_MTU, MAX_MTU, "e.g. 1500"))] = 1500
+    mac_limit: MacLimit = DEFAULT_MAC_LIMIT
     static_macs: tuple[Mac, ...] = ()  # 48-bit ints
 
     @property
@@ -234,6 +278,7 @@ class Config(_Model):
     control: SocketPath = Field(default_factory=default_control_path)
     control_mode: FileMode = 0o600
     switch: SwitchConfig = SwitchConfig()
+    metrics: MetricsConfig | None = None
     ports: Annotated[tuple[Port, ...], AfterValidator(_check_ports)] = Field(
         examples=["[{name: vm1, type: vhost-user, path: vm1.sock}]"]
     )
@@ -262,6 +307,13 @@ class Config(_Model):
         if problems:
             raise _Problems(problems)
         return self
+
+    # The file it was loaded from (load_config sets it): what `vswitch reload` re-reads.
+    _source: Path | None = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> Path | None:
+        return self._source
 
     @property
     def control_is_default(self) -> bool:
@@ -350,6 +402,8 @@ def _strip_tags(loc: Loc) -> tuple[Loc, type[_Model] | None]:
     parent = out[:-1]
     if parent == ["switch"]:
         model = SwitchConfig
+    elif parent == ["metrics"]:
+        model = MetricsConfig
     elif not parent:
         model = Config
     elif not (len(parent) == 2 and parent[0] == "ports" and isinstance(parent[1], int)):
@@ -450,4 +504,6 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{name}: {where}{what}{fix}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{name}: YAML error: {exc} (fix the YAML)") from None
-    return parse_config(data, name=name, base_dir=Path(path).absolute().parent)
+    cfg = parse_config(data, name=name, base_dir=Path(path).absolute().parent)
+    cfg._source = Path(path).absolute()
+    return cfg

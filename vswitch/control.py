@@ -4,6 +4,9 @@ Request:  {"id": <any>, "cmd": "ports", "args": {...}}        (one JSON object p
 Response: {"id": <same>, "ok": true, "result": ...}
       or  {"id": <same>, "ok": false, "error": "message"}
 
+A command may answer with a `Stream`: after its ok reply the connection carries raw bytes
+(a packet capture) until either side closes it.  docs/control.md documents every command.
+
 `ControlServer` serves it, `request()` is the client, and `prepare_socket_path()` /
 `listen_unix()` are shared with the vhost-user ports, which listen on unix sockets too.
 """
@@ -20,6 +23,7 @@ import os
 import socket
 import stat
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -29,6 +33,20 @@ from vswitch.errors import ControlError, StartupError
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+@dataclass
+class Stream:
+    """A command result after which the connection carries raw bytes.
+
+    The server sends the ok reply with `result`, then awaits `run(reader, writer)`; `close()`
+    is awaited in every case (also when the client left before the reply), then the
+    connection is closed."""
+
+    result: Any
+    run: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+    close: Callable[[], Awaitable[None]]
+
 
 MAX_REQUEST = 1 << 20  # a request line longer than this closes the connection
 MAX_REPLY = 256 << 20  # the client accepts replies up to this size (a big fdb dump)
@@ -239,91 +257,155 @@ class ControlServer:
                 return
             if not line:
                 return
-            if line.strip():
-                writer.write(await self._dispatch(line))
+            if not line.strip():
+                continue
+            reply, stream = await self._dispatch(line)
+            if stream is None:
+                writer.write(reply)
                 await writer.drain()
+                continue
+            try:
+                writer.write(reply)
+                await writer.drain()
+                await stream.run(reader, writer)
+            finally:
+                await stream.close()
+            return
 
-    async def _dispatch(self, line: bytes) -> bytes:
+    async def _dispatch(self, line: bytes) -> tuple[bytes, Stream | None]:
+        """The reply line, and the Stream to run after it if the command returned one."""
         try:
             req = json.loads(line.decode("utf-8"))
         except UnicodeDecodeError:
-            return _reply(None, error="request is not valid UTF-8")
+            return _reply(None, error="request is not valid UTF-8"), None
         except ValueError as exc:
-            return _reply(None, error=f"request is not valid JSON: {exc}")
+            return _reply(None, error=f"request is not valid JSON: {exc}"), None
         if not isinstance(req, dict):
-            return _reply(None, error='request must be a JSON object like {"id":1,"cmd":"ports"}')
+            msg = 'request must be a JSON object like {"id":1,"cmd":"ports"}'
+            return _reply(None, error=msg), None
         rid, cmd, args = req.get("id"), req.get("cmd"), req.get("args")
         if not isinstance(cmd, str) or not cmd:
-            return _reply(rid, error='request has no "cmd" string')
+            return _reply(rid, error='request has no "cmd" string'), None
         if args is None:
             args = {}
         if not isinstance(args, dict):
-            return _reply(rid, error='"args" must be a JSON object')
+            return _reply(rid, error='"args" must be a JSON object'), None
         try:
             result = await self._handler({"id": rid, "cmd": cmd, "args": args})
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.debug("control command %r failed", cmd, exc_info=True)
-            return _reply(rid, error=str(exc) or type(exc).__name__)
+            return _reply(rid, error=str(exc) or type(exc).__name__), None
+        stream = None
+        if isinstance(result, Stream):
+            stream, result = result, result.result
         try:
-            return _reply(rid, result)
+            return _reply(rid, result), stream
         except (TypeError, ValueError) as exc:
             log.warning("control command %r returned a result JSON cannot encode: %s", cmd, exc)
-            return _reply(rid, error=f"internal error: cannot encode the result of {cmd!r}")
+            if stream is not None:
+                await stream.close()
+            return _reply(rid, error=f"internal error: cannot encode the result of {cmd!r}"), None
 
 
 # --------------------------------------------------------------------------- client
 
 
+class Client:
+    """One connection to the daemon, for several requests (`vswitch top`) or a stream.
+
+    `async with Client(path) as c: await c.call("ports")`; errors are ControlError."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = path
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self._ids = 0
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        path = self.path
+        try:
+            self.reader, self.writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(str(path), limit=MAX_REPLY), REQUEST_TIMEOUT
+            )
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+            raise ControlError(f"no vswitch daemon on {path} (is `vswitch run` running?)") from None
+        except PermissionError:
+            raise ControlError(
+                f"permission denied on {path} (run as the daemon's user, or widen control_mode)"
+            ) from None
+        except TimeoutError:
+            raise ControlError(
+                f"the vswitch daemon on {path} does not accept connections"
+            ) from None
+        except OSError as exc:
+            raise ControlError(f"cannot connect to {path}: {exc.strerror or exc}") from None
+
+    async def close(self) -> None:
+        writer, self.writer, self.reader = self.writer, None, None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def call(self, cmd: str, /, **args: Any) -> Any:
+        """Send one command and return its result (ControlError if the daemon refused it)."""
+        if self.writer is None or self.reader is None:
+            await self.connect()
+        assert self.writer is not None and self.reader is not None
+        path = self.path
+        self._ids += 1
+        try:
+            msg = {"id": self._ids, "cmd": cmd, "args": args}
+            self.writer.write(json.dumps(msg).encode() + b"\n")
+            await self.writer.drain()
+            line = await asyncio.wait_for(self.reader.readline(), REQUEST_TIMEOUT)
+        except TimeoutError:
+            await self.close()
+            raise ControlError(f"no reply from the vswitch daemon on {path}") from None
+        except ValueError:
+            await self.close()
+            raise ControlError(f"the reply from {path} is longer than {MAX_REPLY} bytes") from None
+        except OSError as exc:
+            await self.close()
+            raise ControlError(f"connection to {path} lost: {exc.strerror or exc}") from None
+        if not line:
+            await self.close()
+            raise ControlError(
+                f"the vswitch daemon on {path} closed the connection without a reply"
+            )
+        try:
+            resp = json.loads(line)
+        except ValueError:
+            raise ControlError(f"the reply from {path} is not JSON: {line[:80]!r}") from None
+        if not isinstance(resp, dict) or "ok" not in resp:
+            raise ControlError(f"the reply from {path} is not a vswitch reply: {line[:80]!r}")
+        if not resp["ok"]:
+            raise ControlError(str(resp.get("error") or "the daemon reported an unknown error"))
+        return resp.get("result")
+
+
 async def request(path: str | Path, cmd: str, /, **args: Any) -> Any:
     """Send one command to the daemon at `path`; return its result or raise ControlError."""
-    try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_unix_connection(str(path), limit=MAX_REPLY), REQUEST_TIMEOUT
-        )
-    except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
-        raise ControlError(f"no vswitch daemon on {path} (is `vswitch run` running?)") from None
-    except PermissionError:
-        raise ControlError(
-            f"permission denied on {path} (run as the daemon's user, or widen control_mode)"
-        ) from None
-    except TimeoutError:
-        raise ControlError(f"the vswitch daemon on {path} does not accept connections") from None
-    except OSError as exc:
-        raise ControlError(f"cannot connect to {path}: {exc.strerror or exc}") from None
-    try:
-        writer.write(json.dumps({"id": 1, "cmd": cmd, "args": args}).encode() + b"\n")
-        await writer.drain()
-        line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
-    except TimeoutError:
-        raise ControlError(f"no reply from the vswitch daemon on {path}") from None
-    except ValueError:
-        raise ControlError(f"the reply from {path} is longer than {MAX_REPLY} bytes") from None
-    except OSError as exc:
-        raise ControlError(f"connection to {path} lost: {exc.strerror or exc}") from None
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-    if not line:
-        raise ControlError(f"the vswitch daemon on {path} closed the connection without a reply")
-    try:
-        resp = json.loads(line)
-    except ValueError:
-        raise ControlError(f"the reply from {path} is not JSON: {line[:80]!r}") from None
-    if not isinstance(resp, dict) or "ok" not in resp:
-        raise ControlError(f"the reply from {path} is not a vswitch reply: {line[:80]!r}")
-    if not resp["ok"]:
-        raise ControlError(str(resp.get("error") or "the daemon reported an unknown error"))
-    return resp.get("result")
+    async with Client(path) as client:
+        return await client.call(cmd, **args)
 
 
 __all__ = [
+    "Client",
     "ControlError",
     "ControlServer",
     "Handler",
     "StartupError",
+    "Stream",
     "ensure_socket_dir",
     "listen_unix",
     "make_handler",

@@ -1,17 +1,30 @@
-"""Logging setup: one human-readable line per event on stderr.
+"""Logging setup: one line per event on stderr, human-readable or JSON.
 
-2026-11-23T20:00:00 INFO port vm1: connected
+text:  2026-11-23T20:00:00 INFO port vm1: link up
+json:  {"ts": "2026-11-23T20:00:00.123+00:00", "level": "info", "logger": "vswitch.vhost",
+        "msg": "port vm1: link up"}
+
+JSON lines carry the same message plus any structured fields a call site passes with
+`extra=` (e.g. {"event": "reload", "port": "vm3"}), for log shippers to index.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
+import json
 import logging
 import sys
-from typing import Literal, TextIO
+from typing import Any, TextIO
 
 LEVELS = ("debug", "info", "warning", "error")
+FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
+
+# Attributes every LogRecord has; anything else came in through `extra=`.
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+_pinned = False  # the command line chose the level: the config's log_level does not apply
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -29,21 +42,65 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
-def setup_logging(level: str = "info", fmt: Literal["text"] = "text") -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts (ISO 8601, UTC, ms), level, logger, msg, extras, exc."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = _dt.datetime.fromtimestamp(record.created, _dt.UTC)
+        out: dict[str, Any] = {
+            "ts": ts.isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and key not in out:
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str, ensure_ascii=False)
+
+
+def setup_logging(level: str = "info", fmt: str = "text", *, pinned: bool = False) -> None:
     """Send vswitch's log records (and everyone else's) to stderr at `level`.
 
-    Calling it again replaces the handler it installed before.  `fmt` is "text" only for now.
+    fmt is "text" or "json".  pinned=True means the level came from the command line:
+    set_config_level() (a reloaded config's switch.log_level) then leaves it alone.
+    Calling it again replaces the handler it installed before.
     """
+    global _pinned
     if level.lower() not in LEVELS:
         raise ValueError(f"unknown log level {level!r} (use one of {', '.join(LEVELS)})")
-    if fmt != "text":
-        raise ValueError(f"unknown log format {fmt!r} (use text)")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown log format {fmt!r} (use one of {', '.join(FORMATS)})")
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
         root.removeHandler(old)
     handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter(TEXT_FORMAT, DATE_FORMAT))
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT, DATE_FORMAT))
     root.addHandler(handler)
+    _pinned = pinned
+    _set_level(level)
+
+
+def _set_level(level: str) -> None:
+    root = logging.getLogger()
     root.setLevel(level.upper())
     # asyncio's debug chatter is about the loop, not the switch.
     logging.getLogger("asyncio").setLevel(max(logging.INFO, root.level))
+
+
+def set_config_level(level: str) -> bool:
+    """Apply a (reloaded) config's log level unless the command line pinned one.
+    Returns whether it was applied."""
+    if _pinned:
+        return False
+    _set_level(level)
+    return True
+
+
+def current_level() -> str:
+    return logging.getLevelName(logging.getLogger().level).lower()

@@ -1,24 +1,29 @@
-"""The running switch: the fast path, its ports, the control socket and the
-housekeeping timers, started and torn down together."""
+"""The running switch: the fast path, its ports, the control socket, metrics and the
+housekeeping timers, started and torn down together, and changed by reload."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import time
 from typing import Any
 
 from vswitch import __version__
-from vswitch.config import Config
+from vswitch.capture import Capture
+from vswitch.config import Config, VhostUserPort, load_config
 from vswitch.control import ControlServer, make_handler
 from vswitch.datapath import Datapath
-from vswitch.mac import format_mac
+from vswitch.errors import ConfigError, ControlError, StartupError
+from vswitch.metrics import MetricsServer, Snapshot
 from vswitch.vhost.port import VhostPort
 
 log = logging.getLogger("vswitch")
 
 AGE_INTERVAL = 1.0
+
+PortConfig = VhostUserPort  # the union of port models as more types arrive
+AnyPort = VhostPort
 
 
 class Switch:
@@ -27,10 +32,15 @@ class Switch:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.dp: Datapath | None = None
-        self.ports: dict[str, VhostPort] = {}
+        self.ports: dict[str, AnyPort] = {}
+        self.captures: dict[str, Capture] = {}
+        self.metrics: MetricsServer | None = None
+        self.start_time = time.time()
+        self.reloads: dict[str, Any] = {"ok": 0, "failed": 0, "last_ok": self.start_time}
         self._control: ControlServer | None = None
         self._stopped = asyncio.Event()
         self._timers: list[asyncio.Task[None]] = []
+        self._reload_lock = asyncio.Lock()
 
     async def __aenter__(self) -> Switch:
         try:
@@ -44,6 +54,8 @@ class Switch:
         await self._shutdown()
 
     async def _start(self) -> None:
+        from vswitch.api import commands  # the control commands need the whole Switch
+
         cfg = self.config
         self.dp = Datapath(cfg.switch.fdb_size)
         if cfg.switch.datapath == "thread":
@@ -51,16 +63,15 @@ class Switch:
             self.dp.start_thread(cfg.switch.poll_idle_us)
             self._timers.append(asyncio.create_task(self._watch_rings(), name="ring watch"))
         for pc in cfg.ports:
-            port = VhostPort(pc, self.dp)
-            self.ports[pc.name] = port
-            await port.start()
+            await self.add_port(pc)
         control = ControlServer(
-            str(cfg.control), make_handler(self._commands()), mode=cfg.control_mode
+            str(cfg.control), make_handler(commands(self)), mode=cfg.control_mode
         )
         await control.start()
         self._control = control
-        if cfg.switch.mac_age > 0:
-            self._timers.append(asyncio.create_task(self._age(), name="fdb aging"))
+        if cfg.metrics is not None:
+            await self.start_metrics(cfg.metrics.host, cfg.metrics.port)
+        self._timers.append(asyncio.create_task(self._age(), name="fdb aging"))
         log.info(
             "vswitch %s running: %d port(s), control socket %s",
             __version__,
@@ -69,6 +80,8 @@ class Switch:
         )
 
     async def _shutdown(self) -> None:
+        for cap in list(self.captures.values()):
+            cap.abort("vswitch stopping")
         for t in self._timers:
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -77,6 +90,7 @@ class Switch:
         if self._control is not None:
             await self._control.close()
             self._control = None
+        await self.stop_metrics()
         for port in self.ports.values():
             await port.stop()
         self.ports.clear()
@@ -91,6 +105,138 @@ class Switch:
         await self._stopped.wait()
         log.info("vswitch stopping")
 
+    # Ports
+
+    def new_port(self, pc: PortConfig) -> AnyPort:
+        """The (unstarted) port object for one `ports:` entry: new port types go here."""
+        assert self.dp is not None
+        return VhostPort(pc, self.dp)
+
+    async def add_port(self, pc: PortConfig) -> None:
+        """Create and start a port; on failure nothing of it is left."""
+        assert self.dp is not None
+        port = self.new_port(pc)
+        self.ports[pc.name] = port  # so that a shutdown during start() stops it
+        try:
+            await port.start()
+            self.dp.set_mac_limit(port.port, pc.mac_limit)
+        except BaseException:
+            self.ports.pop(pc.name, None)
+            await port.stop()
+            raise
+
+    async def remove_port(self, name: str, why: str = "port removed") -> None:
+        """Stop a port: its capture ends, its MAC addresses go, its socket is removed."""
+        port = self.ports.pop(name)
+        cap = self.captures.get(name)
+        if cap is not None:
+            cap.abort(why)
+        await port.stop()
+
+    def port_id(self, name: str) -> int:
+        """The fast path's index of a port, or ControlError naming the known ports."""
+        port = self.ports.get(name)
+        if port is None or port.port < 0:
+            known = ", ".join(self.ports) or "none"
+            raise ControlError(f"no port {name!r} (ports: {known})")
+        return port.port
+
+    def port_name(self, port_id: int) -> str:
+        for p in self.ports.values():
+            if p.port == port_id:
+                return p.name
+        return f"#{port_id}"
+
+    # Metrics
+
+    async def start_metrics(self, host: str, port: int) -> None:
+        server = MetricsServer(host, port, self.metrics_snapshot)
+        await server.start()
+        self.metrics = server
+
+    async def stop_metrics(self) -> None:
+        server, self.metrics = self.metrics, None
+        if server is not None:
+            await server.stop()
+
+    def metrics_snapshot(self) -> Snapshot:
+        assert self.dp is not None
+        ports = []
+        for p in self.ports.values():
+            info = p.info()
+            ports.append(
+                {
+                    "name": p.name,
+                    "type": info["type"],
+                    "state": info["state"],
+                    "mtu": info["mtu"],
+                    "mac_limit": p.cfg.mac_limit,
+                    "counters": info["counters"],
+                }
+            )
+        return {
+            "switch": self.dp.switch_stats(),
+            "ports": ports,
+            "start_time": self.start_time,
+            "reloads": dict(self.reloads),
+        }
+
+    # Reload
+
+    async def reload(self, new: Config | None = None) -> dict[str, Any]:
+        """Re-read the config file (or take `new`) and apply the difference.
+
+        An invalid file is refused with ControlError and the running configuration stays.
+        Returns {"file", "changes", "warnings"}: one line per change applied or not."""
+        from vswitch.reload import apply, diff
+
+        async with self._reload_lock:
+            source = self.config.source
+            if new is None:
+                if source is None:
+                    raise ControlError("reload: the running configuration was not read from a file")
+                try:
+                    new = await asyncio.to_thread(load_config, source)
+                except ConfigError as exc:
+                    self.reloads["failed"] += 1
+                    for line in str(exc).splitlines():
+                        log.error("reload refused: %s", line, extra={"event": "reload"})
+                    raise ControlError(
+                        f"reload refused, the running configuration stays:\n{exc}"
+                    ) from None
+            plan = diff(self.config, new)
+            try:
+                self.config = await apply(self, plan)
+            except (StartupError, ControlError) as exc:
+                self.reloads["failed"] += 1
+                log.error("reload refused: %s", exc, extra={"event": "reload"})
+                raise ControlError(
+                    f"reload refused, the running configuration stays: {exc}"
+                ) from None
+            if plan.errors:
+                self.reloads["failed"] += 1
+                raise ControlError(
+                    "reload partly applied; failed:\n"
+                    + "\n".join(plan.errors)
+                    + ("\napplied:\n" + "\n".join(plan.lines) if plan.lines else "")
+                )
+            self.reloads["ok"] += 1
+            self.reloads["last_ok"] = time.time()
+            log.info(
+                "reload of %s done: %d change(s), %d not applied",
+                source or "the given configuration",
+                len(plan.lines),
+                len(plan.warnings),
+                extra={"event": "reload"},
+            )
+            return {
+                "file": str(source) if source else None,
+                "changes": plan.lines,
+                "warnings": plan.warnings,
+            }
+
+    # Timers
+
     async def _watch_rings(self) -> None:
         """With a poll thread no kick handler sees a ring break: look each second."""
         while True:
@@ -99,56 +245,11 @@ class Switch:
                 port.check()
 
     async def _age(self) -> None:
-        assert self.dp is not None
+        """Ages the MAC table each second; reads mac_age each time, so reload applies at once."""
         while True:
             await asyncio.sleep(AGE_INTERVAL)
-            n = self.dp.fdb_age(self.config.switch.mac_age)
-            if n:
-                log.debug("aged out %d MAC address(es)", n)
-
-    # Control socket
-
-    def _port_name(self, port_id: int) -> str:
-        for p in self.ports.values():
-            if p.port == port_id:
-                return p.name
-        return f"#{port_id}"
-
-    def ports_info(self) -> list[dict[str, Any]]:
-        return [p.info() for p in self.ports.values()]
-
-    def fdb_info(self) -> list[dict[str, Any]]:
-        assert self.dp is not None
-        entries = sorted(self.dp.fdb_dump(), key=lambda e: (e.vlan, e.mac))
-        return [
-            {
-                "mac": format_mac(e.mac),
-                "vlan": e.vlan,
-                "port": self._port_name(e.port),
-                "age": e.age,
-                "type": "static" if e.static else "dynamic",
-            }
-            for e in entries
-        ]
-
-    def stats(self) -> dict[str, Any]:
-        assert self.dp is not None
-        return {
-            "switch": self.dp.switch_stats(),
-            "ports": {p.name: p.info()["counters"] for p in self.ports.values()},
-        }
-
-    def _commands(self) -> dict[str, Callable[..., Awaitable[Any]]]:
-        async def ports() -> list[dict[str, Any]]:
-            return self.ports_info()
-
-        async def fdb() -> list[dict[str, Any]]:
-            return self.fdb_info()
-
-        async def stats() -> dict[str, Any]:
-            return self.stats()
-
-        async def version() -> dict[str, str]:
-            return {"version": __version__}
-
-        return {"ports": ports, "fdb": fdb, "stats": stats, "version": version}
+            max_age = self.config.switch.mac_age
+            if max_age > 0 and self.dp is not None:
+                n = self.dp.fdb_age(max_age)
+                if n:
+                    log.debug("aged out %d MAC address(es)", n)

@@ -20,6 +20,10 @@ from vswitch.vhost.session import VhostSession
 
 log = logging.getLogger("vswitch.vhost")
 
+# Client mode: reconnect backoff, in seconds.
+RETRY_MIN = 0.1
+RETRY_MAX = 2.0
+
 
 class VhostPort:
     def __init__(self, cfg: PortConfig, dp: Datapath) -> None:
@@ -34,18 +38,25 @@ class VhostPort:
         self._session_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        if self.cfg.mode == "client":
+            self._open_port()
+            self._accept_task = asyncio.create_task(self._connect(), name=f"connect {self.name}")
+            return
         path = str(self.cfg.path)
         try:
             self._listener = listen_unix(
-                path, mode=self.cfg.mode, uid=self.cfg.owner, gid=self.cfg.group
+                path, mode=self.cfg.socket_mode, uid=self.cfg.owner, gid=self.cfg.group
             )
         except StartupError as e:
             raise StartupError(f"port {self.name}: {e}") from e
+        self._open_port()
+        self._accept_task = asyncio.create_task(self._accept(), name=f"accept {self.name}")
+        log.info("port %s: listening on %s", self.name, path)
+
+    def _open_port(self) -> None:
         self.port = self.dp.open_port(self.cfg.mtu)
         for mac in self.cfg.static_macs:
             self.dp.fdb_add(mac, self.port, static=True)
-        self._accept_task = asyncio.create_task(self._accept(), name=f"accept {self.name}")
-        log.info("port %s: listening on %s", self.name, path)
 
     async def stop(self) -> None:
         for task in (self._accept_task, self._session_task):
@@ -81,6 +92,34 @@ class VhostPort:
                 self._serve(self.session), name=f"vhost {self.name}"
             )
 
+    async def _connect(self) -> None:
+        """Client mode: connect to the front end's socket, retrying with
+        backoff until it is there, and again each time the front end goes
+        away (QEMU restarted), so the guest's link comes back on its own."""
+        loop = asyncio.get_running_loop()
+        path = str(self.cfg.path)
+        delay, waiting_logged = RETRY_MIN, False
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, path)
+            except OSError as e:
+                sock.close()
+                if not waiting_logged:
+                    log.info("port %s: waiting for a front end at %s (%s)", self.name, path,
+                             e.strerror or e)  # fmt: skip
+                    waiting_logged = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            delay, waiting_logged = RETRY_MIN, False
+            self.connects += 1
+            log.debug("port %s: connected to %s", self.name, path)
+            self.session = VhostSession(self.name, sock, self.dp, self.port, self.cfg.mtu)
+            await self._serve(self.session)
+            await asyncio.sleep(RETRY_MIN)
+
     async def _serve(self, session: VhostSession) -> None:
         try:
             await session.run()
@@ -101,7 +140,7 @@ class VhostPort:
         elif s is not None:
             status = "down"
         else:
-            status = "listening"
+            status = "connecting" if self.cfg.mode == "client" else "listening"
         queues = []
         if s is not None:
             for q, vr in enumerate(s.vrings):
@@ -117,7 +156,10 @@ class VhostPort:
             "name": self.name,
             "type": "vhost-user",
             "path": str(self.cfg.path),
-            "state": status,
+            "state": "connecting"
+            if status == "listening" and self.cfg.mode == "client"
+            else status,
+            "mode": self.cfg.mode,
             "peer": "connected" if s is not None else None,
             "connects": self.connects,
             "features": P.feature_names(s.features, P.F) if s else [],

@@ -1,0 +1,173 @@
+"""The control commands: what the JSON protocol on the control socket can ask.
+
+docs/control.md is the reference for every command, its arguments, results and errors.
+Each command checks its arguments and raises ControlError with a message for a person;
+operator actions that change the switch are logged, one line each.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from vswitch import __version__
+from vswitch.capture import DEFAULT_BUFFER, MAX_SNAPLEN, Capture, parse_args
+from vswitch.control import Stream
+from vswitch.errors import ControlError
+from vswitch.mac import format_mac, parse_static_mac
+from vswitch.tables import plural
+
+if TYPE_CHECKING:
+    from vswitch.switch import Switch
+
+log = logging.getLogger("vswitch.control")
+
+Command = Callable[..., Awaitable[Any]]
+
+
+def _port_arg(v: Any, what: str = "port") -> str:
+    if not isinstance(v, str) or not v:
+        raise ControlError(f"{what} must be a port name, got {v!r}")
+    return v
+
+
+def _vlan_arg(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 4095:
+        raise ControlError(f"vlan must be a whole number in 0..4095, got {v!r}")
+    return v
+
+
+def _mac_arg(v: Any) -> int:
+    if not isinstance(v, str):
+        raise ControlError(f"mac must be a string like 52:54:00:00:00:01, got {v!r}")
+    try:
+        return parse_static_mac(v)
+    except ValueError as exc:
+        raise ControlError(f"mac: {exc}") from None
+
+
+def commands(sw: Switch) -> dict[str, Command]:
+    """The command table for make_handler()."""
+
+    def dp() -> Any:
+        if sw.dp is None:
+            raise ControlError("the switch is not running")
+        return sw.dp
+
+    def port_info(name: str) -> dict[str, Any]:
+        p = sw.ports[name]
+        info = p.info()
+        info["mac_limit"] = p.cfg.mac_limit
+        info["capture"] = name in sw.captures
+        return info
+
+    async def version() -> dict[str, Any]:
+        return {"version": __version__}
+
+    async def ports(port: str | None = None) -> list[dict[str, Any]]:
+        if port is not None:
+            sw.port_id(_port_arg(port))
+            return [port_info(port)]
+        return [port_info(n) for n in sw.ports]
+
+    async def fdb(port: str | None = None) -> list[dict[str, Any]]:
+        want = None if port is None else sw.port_id(_port_arg(port))
+        entries = sorted(dp().fdb_dump(), key=lambda e: (e.vlan, e.mac))
+        return [
+            {
+                "mac": format_mac(e.mac),
+                "vlan": e.vlan,
+                "port": sw.port_name(e.port),
+                "age": e.age,
+                "type": "static" if e.static else "dynamic",
+            }
+            for e in entries
+            if want is None or e.port == want
+        ]
+
+    async def fdb_add(mac: Any, port: Any, vlan: Any = 0) -> dict[str, Any]:
+        m, v = _mac_arg(mac), _vlan_arg(vlan)
+        pid = sw.port_id(_port_arg(port))
+        try:
+            dp().fdb_add(m, pid, vlan=v, static=True)
+        except OSError as exc:
+            raise ControlError(f"cannot add {format_mac(m)}: {exc.strerror}") from None
+        log.info("fdb: static %s vlan %d added on port %s", format_mac(m), v, port)
+        return {"mac": format_mac(m), "vlan": v, "port": port, "type": "static"}
+
+    async def fdb_del(mac: Any, vlan: Any = 0) -> dict[str, Any]:
+        m, v = _mac_arg(mac), _vlan_arg(vlan)
+        before = {(e.mac, e.vlan): e for e in dp().fdb_dump() if e.mac == m}
+        if not dp().fdb_del(m, vlan=v):
+            raise ControlError(f"{format_mac(m)} vlan {v} is not in the MAC table")
+        e = before.get((m, v))
+        where = sw.port_name(e.port) if e else None
+        log.info("fdb: %s vlan %d removed (was on port %s)", format_mac(m), v, where)
+        return {"mac": format_mac(m), "vlan": v, "port": where}
+
+    async def fdb_flush(port: Any = None, static: Any = False) -> dict[str, Any]:
+        if not isinstance(static, bool):
+            raise ControlError(f"static must be true or false, got {static!r}")
+        pid = -1 if port is None else sw.port_id(_port_arg(port))
+        n = dp().fdb_flush(pid, include_static=static)
+        what = "dynamic and static" if static else "dynamic"
+        log.info(
+            "fdb: flushed %s (%s) on %s", plural(n, "entry", "entries"), what, port or "all ports"
+        )
+        return {"flushed": n, "port": port, "static": static}
+
+    async def stats() -> dict[str, Any]:
+        return {
+            "switch": dp().switch_stats(),
+            "ports": {n: sw.ports[n].info()["counters"] for n in sw.ports},
+            "uptime": round(time.time() - sw.start_time, 3),
+            "reloads": dict(sw.reloads),
+            "metrics": sw.metrics.address if sw.metrics else None,
+            "captures": {
+                n: {"frames": c.frames, "direction": c.args.direction, "format": c.args.format}
+                for n, c in sw.captures.items()
+            },
+        }
+
+    async def reload() -> dict[str, Any]:
+        return await sw.reload()
+
+    async def capture(
+        port: Any,
+        direction: Any = "both",
+        count: Any = None,
+        snaplen: Any = MAX_SNAPLEN,
+        format: Any = "pcapng",
+        buffer: Any = DEFAULT_BUFFER,
+        duration: Any = None,
+    ) -> Stream:
+        args = parse_args(port, direction, count, snaplen, format, buffer, duration)
+        pid = sw.port_id(args.port)
+        if args.port in sw.captures:
+            raise ControlError(
+                f"port {args.port} already has a capture running (one per port: "
+                "stop the other `vswitch capture` first)"
+            )
+
+        def ended(c: Capture) -> None:
+            if sw.captures.get(args.port) is c:
+                del sw.captures[args.port]
+
+        cap = Capture(dp(), pid, args, ended)
+        stream = cap.start()  # ControlError if the fast path refuses (EBUSY, ENOMEM)
+        sw.captures[args.port] = cap
+        return stream
+
+    return {
+        "version": version,
+        "ports": ports,
+        "fdb": fdb,
+        "fdb-add": fdb_add,
+        "fdb-del": fdb_del,
+        "fdb-flush": fdb_flush,
+        "stats": stats,
+        "reload": reload,
+        "capture": capture,
+    }

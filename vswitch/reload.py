@@ -1,0 +1,300 @@
+"""Hot reload: the difference between the running configuration and a new one, applied
+without touching what did not change.
+
+- Ports are matched by name.  A new name is added, a missing one removed.  A changed port
+  is changed in place when only `mac_limit` or `static_macs` differ, or for vhost-user also
+  `mtu` and the socket file's `socket_mode` / `owner` / `group`; anything else (a new
+  `path`, `type` or vhost `mode`) restarts that port: its guest sees the link go down and
+  must reconnect.
+- `switch.mac_age` and `switch.log_level` apply at once; `switch.poll_idle_us` restarts
+  the poll thread (frames wait microseconds, none is lost).  `switch.fdb_size` and
+  `switch.datapath` are not applied: the MAC table and the data path mode are fixed at
+  start (replacing the table would forget every address on every port); the reload says
+  so and keeps the old values, and a restart applies them.
+- `metrics.listen` restarts the metrics server; `control_mode` is applied to the socket
+  file; a new `control` path needs a restart (the reload is answered on the old one).
+
+Every change is logged in one line, and returned to the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from vswitch.config import Config
+from vswitch.control import prepare_socket_path
+from vswitch.errors import StartupError
+from vswitch.logs import set_config_level
+from vswitch.mac import format_mac
+
+if TYPE_CHECKING:
+    from vswitch.switch import PortConfig, Switch
+
+log = logging.getLogger("vswitch.reload")
+
+# Port fields a running port can take without a restart, by port type: the switch-side
+# settings for every type; the MTU and the socket file only where done for that type.
+IN_PLACE_ANY = {"mac_limit", "static_macs"}
+IN_PLACE = {"vhost-user": IN_PLACE_ANY | {"mtu", "socket_mode", "owner", "group"}}
+SOCKET_FILE = {"socket_mode", "owner", "group"}  # only for a port listening on its path
+NEEDS_RESTART = {
+    "fdb_size": "the MAC table is sized at start; restart vswitch to resize it",
+    "datapath": "the data path mode is chosen at start; restart vswitch to change it",
+}
+
+
+@dataclass
+class PortChange:
+    old: PortConfig
+    new: PortConfig
+    fields: list[str]
+
+    @property
+    def name(self) -> str:
+        return self.new.name
+
+    @property
+    def restart(self) -> bool:
+        in_place = (
+            IN_PLACE.get(self.new.type, IN_PLACE_ANY) if self.old.type == self.new.type else set()
+        )
+        if any(f not in in_place for f in self.fields):
+            return True
+        return bool(SOCKET_FILE & set(self.fields)) and not _listens(self.new)
+
+
+@dataclass
+class Plan:
+    old: Config
+    new: Config
+    added: list[PortConfig] = field(default_factory=list)
+    removed: list[PortConfig] = field(default_factory=list)
+    changed: list[PortChange] = field(default_factory=list)
+    switch: list[str] = field(default_factory=list)  # changed switch: keys
+    lines: list[str] = field(default_factory=list)  # changes applied
+    warnings: list[str] = field(default_factory=list)  # changes not applied, and why
+    errors: list[str] = field(default_factory=list)  # changes that failed
+
+
+def _listens(pc: PortConfig) -> bool:
+    return pc.type == "vhost-user" and getattr(pc, "mode", "server") == "server"
+
+
+def _fields(a: Any, b: Any) -> list[str]:
+    return [k for k in type(b).model_fields if getattr(a, k, None) != getattr(b, k, None)]
+
+
+def diff(old: Config, new: Config) -> Plan:
+    plan = Plan(old, new)
+    before = {p.name: p for p in old.ports}
+    after = {p.name: p for p in new.ports}
+    plan.removed = [p for n, p in before.items() if n not in after]
+    plan.added = [p for n, p in after.items() if n not in before]
+    for n, p in after.items():
+        if n in before and before[n] != p:
+            plan.changed.append(PortChange(before[n], p, _fields(before[n], p)))
+    plan.switch = _fields(old.switch, new.switch)
+    return plan
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, tuple):
+        return "[" + ", ".join(format_mac(m) if isinstance(m, int) else str(m) for m in v) + "]"
+    if v is None:
+        return "none"
+    return str(v)
+
+
+def _note(plan: Plan, text: str) -> None:
+    plan.lines.append(text)
+    log.info("reload: %s", text, extra={"event": "reload"})
+
+
+def _warn(plan: Plan, text: str) -> None:
+    plan.warnings.append(text)
+    log.warning("reload: %s", text, extra={"event": "reload"})
+
+
+def _fail(plan: Plan, text: str) -> None:
+    plan.errors.append(text)
+    log.error("reload: %s", text, extra={"event": "reload"})
+
+
+def _precheck(sw: Switch, plan: Plan) -> None:
+    """Refuse, before changing anything, a new socket path that another process holds."""
+    ours = {p for pc in plan.old.ports for p in pc.socket_paths}
+    starting = plan.added + [c.new for c in plan.changed if c.restart]
+    for pc in starting:
+        if not _listens(pc):
+            continue
+        for path in pc.socket_paths:
+            if path not in ours:
+                try:
+                    prepare_socket_path(path)
+                except StartupError as exc:
+                    raise StartupError(f"port {pc.name}: {exc}") from None
+
+
+async def apply(sw: Switch, plan: Plan) -> Config:
+    """Apply the plan to the running switch; returns the configuration now in force."""
+    assert sw.dp is not None
+    dp = sw.dp
+    _precheck(sw, plan)
+    running: dict[str, PortConfig] = {p.name: p for p in plan.old.ports}
+
+    # 1. Ports that go away or restart: their captures end, their sockets close.
+    for pc in plan.removed:
+        await sw.remove_port(pc.name, "port removed by reload")
+        running.pop(pc.name)
+        _note(plan, f"port {pc.name} removed")
+    restarts = [c for c in plan.changed if c.restart]
+    for c in restarts:
+        await sw.remove_port(c.name, "port restarted by reload")
+        running.pop(c.name)
+
+    # 2. In-place changes: static MACs leave first, so one can move between ports.
+    in_place = [c for c in plan.changed if not c.restart]
+    for c in in_place:
+        for mac in set(c.old.static_macs) - set(c.new.static_macs):
+            dp.fdb_del(mac)
+    for c in in_place:
+        try:
+            _change_in_place(sw, c, plan)
+        except OSError as exc:
+            _fail(plan, f"port {c.name}: {_changes(c.old, c.new, c.fields)} failed: {exc}")
+            continue
+        running[c.name] = c.new
+
+    # 3. New and restarted ports.
+    for pc, what in [(p, "added") for p in plan.added] + [(c.new, "restarted") for c in restarts]:
+        try:
+            await sw.add_port(pc)
+        except (StartupError, OSError) as exc:
+            _fail(plan, f"port {pc.name} not {what}: {exc}")
+            continue
+        running[pc.name] = pc
+        if what == "added":
+            _note(plan, f"port {pc.name} added ({pc.type}, {', '.join(map(str, pc.socket_paths))})")
+        else:
+            c = next(c for c in restarts if c.name == pc.name)
+            _note(plan, f"port {pc.name} restarted: {_changes(c.old, c.new, c.fields)}")
+
+    # 4. Switch-wide settings, metrics, control socket.
+    switch = _apply_switch(sw, plan)
+    metrics = await _apply_metrics(sw, plan)
+    control_mode = plan.old.control_mode
+    if plan.new.control_mode != control_mode:
+        try:
+            os.chmod(plan.old.control, plan.new.control_mode)
+            control_mode = plan.new.control_mode
+            _note(plan, f"control_mode {control_mode:04o}")
+        except OSError as exc:
+            _fail(plan, f"control_mode not applied: {exc.strerror}")
+    if plan.new.control != plan.old.control:
+        _warn(
+            plan,
+            f"control {plan.old.control} -> {plan.new.control} not applied: "
+            "the control socket moves at the next restart",
+        )
+    if not (plan.lines or plan.warnings or plan.errors):
+        _note(plan, "no changes")
+        plan.lines.clear()
+
+    order = [p.name for p in plan.new.ports if p.name in running]
+    order += [n for n in running if n not in order]
+    return plan.new.model_copy(
+        update={
+            "ports": tuple(running[n] for n in order),
+            "switch": switch,
+            "metrics": metrics,
+            "control": plan.old.control,
+            "control_mode": control_mode,
+        }
+    )
+
+
+def _changes(old: Any, new: Any, fields: list[str]) -> str:
+    return ", ".join(
+        f"{f} {_show(getattr(old, f, None))} -> {_show(getattr(new, f))}" for f in fields
+    )
+
+
+def _change_in_place(sw: Switch, c: PortChange, plan: Plan) -> None:
+    assert sw.dp is not None
+    dp, port = sw.dp, sw.ports[c.name]
+    pid, new, old = port.port, c.new, c.old
+    if new.mtu != old.mtu:
+        mtu = new.mtu
+        s = getattr(port, "session", None)
+        if s is not None:
+            if s.mtu < old.mtu:  # the front end asked for less (NET_SET_MTU): keep honouring it
+                mtu = min(s.mtu, new.mtu)
+            s.max_mtu, s.mtu = new.mtu, mtu
+        dp.set_mtu(pid, mtu)
+    if new.mac_limit != old.mac_limit:
+        dp.set_mac_limit(pid, new.mac_limit)
+        have = dp.port_stats(pid)["fdb_count"]
+        if new.mac_limit and have > new.mac_limit:
+            n = dp.fdb_flush(pid)
+            _note(plan, f"port {c.name}: {n} dynamic MAC(s) flushed to honour mac_limit")
+    for mac in new.static_macs:
+        if mac not in old.static_macs:
+            dp.fdb_add(mac, pid, static=True)
+    if SOCKET_FILE & set(c.fields):
+        os.chmod(new.path, new.socket_mode)
+        if new.owner is not None or new.group is not None:
+            os.chown(
+                new.path,
+                -1 if new.owner is None else new.owner,
+                -1 if new.group is None else new.group,
+            )
+    port.cfg = new
+    _note(plan, f"port {c.name}: {_changes(old, new, c.fields)}")
+
+
+def _apply_switch(sw: Switch, plan: Plan) -> Any:
+    assert sw.dp is not None
+    old, new = plan.old.switch, plan.new.switch
+    keep: dict[str, Any] = {}
+    for f in plan.switch:
+        a, b = getattr(old, f), getattr(new, f)
+        text = f"switch.{f} {_show(a)} -> {_show(b)}"
+        if f == "mac_age":
+            _note(plan, text + (" (aging off)" if b == 0 else ""))
+        elif f == "log_level":
+            if set_config_level(b):
+                _note(plan, text)
+            else:
+                _warn(plan, f"{text} not applied: --log-level on the command line wins")
+        elif f == "poll_idle_us" and sw.dp.threaded:
+            sw.dp.stop_thread()
+            sw.dp.start_thread(b)
+            _note(plan, text)
+        elif f == "poll_idle_us":
+            _note(plan, text + " (unused with datapath: loop)")
+        else:
+            keep[f] = a
+            why = NEEDS_RESTART.get(f, "needs a restart of vswitch")
+            _warn(plan, f"{text} not applied: {why}")
+    return new.model_copy(update=keep)
+
+
+async def _apply_metrics(sw: Switch, plan: Plan) -> Any:
+    old, new = plan.old.metrics, plan.new.metrics
+    if old == new:
+        return old
+    await sw.stop_metrics()
+    text = f"metrics.listen {_show(old and old.listen)} -> {_show(new and new.listen)}"
+    if new is None:
+        _note(plan, text)
+        return None
+    try:
+        await sw.start_metrics(new.host, new.port)
+    except StartupError as exc:
+        _fail(plan, f"{text} failed: {exc}")
+        return None
+    _note(plan, text)
+    return new

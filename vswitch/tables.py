@@ -1,0 +1,144 @@
+"""Human output of the CLI: aligned tables for ports, the MAC table, counters, reloads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def table(header: Sequence[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    """Columns padded to their widest cell, two spaces apart; `right` columns right-aligned."""
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
+
+    def fmt(cells: Sequence[str]) -> str:
+        out = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(out).rstrip()
+
+    return [fmt(header)] + [fmt(r) for r in rows]
+
+
+def drops(counters: dict[str, Any]) -> int:
+    """Frames the switch dropped on the port (a capture's own drops are not the port's)."""
+    return sum(
+        v for k, v in counters.items() if "drop" in k and k != "cap_drops" and isinstance(v, int)
+    )
+
+
+def format_ports(ports: list[dict[str, Any]]) -> str:
+    """The human table for `vswitch ports`."""
+    header = ["NAME", "TYPE", "STATE", "RX-PKTS", "RX-BYTES", "TX-PKTS", "TX-BYTES", "DROPS"]
+    rows, details = [], []
+    for p in ports:
+        c = p.get("counters") or {}
+        nums = [c.get("rx_packets", 0), c.get("rx_bytes", 0), c.get("tx_packets", 0)]
+        nums += [c.get("tx_bytes", 0), drops(c)]
+        rows.append(
+            [str(p.get("name", "?")), str(p.get("type", "?")), str(p.get("state", "?"))]
+            + [str(n) for n in nums]
+        )
+        name = p.get("name", "?")
+        pad = " " * len(str(name))
+        feats = " ".join(p.get("features") or []) or "-"
+        proto = " ".join(p.get("protocol_features") or []) or "-"
+        peer = p.get("peer") or "none"
+        details.append(
+            f"{name}: peer {peer}, mtu {p.get('mtu', '?')}, features {feats}, "
+            f"protocol features {proto}"
+        )
+        queues = p.get("queues") or []
+        if queues:
+            qs = ", ".join(
+                f"{q.get('index')} (size {q.get('size')}"
+                + (", enabled" if q.get("enabled") else "")
+                + (", ready" if q.get("ready") else "")
+                + ")"
+                for q in queues
+            )
+            details.append(f"{pad}  queues {qs}")
+        extra = []
+        if "mac_limit" in p:
+            limit = p["mac_limit"] or "none"
+            extra.append(f"macs {c.get('fdb_count', 0)} (limit {limit})")
+        if p.get("capture"):
+            extra.append("capture running")
+        if extra:
+            details.append(f"{pad}  {', '.join(extra)}")
+        if p.get("error"):
+            details.append(f"{pad}  error: {p['error']}")
+    lines = table(header, rows, right=set(range(3, 8)))
+    return "\n".join(lines + (["", *details] if details else []))
+
+
+def format_fdb(entries: list[dict[str, Any]]) -> str:
+    """The human table for `vswitch fdb`."""
+    header = ["MAC", "VLAN", "PORT", "TYPE", "AGE"]
+    ordered = sorted(entries, key=lambda e: (e.get("vlan", 0), str(e.get("mac", ""))))
+    rows = [
+        [
+            str(e.get("mac", "?")),
+            str(e.get("vlan", 0)),
+            str(e.get("port", "?")),
+            str(e.get("type", "?")),
+            "-" if e.get("type") == "static" else str(e.get("age", "?")),
+        ]
+        for e in ordered
+    ]
+    return "\n".join(table(header, rows, right={1, 4}))
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    """`vswitch stats`: switch-wide counters, then one row per counter, one column per port."""
+    sw = stats.get("switch") or {}
+    lines = []
+    uptime = stats.get("uptime")
+    if uptime is not None:
+        lines.append(f"uptime {_duration(float(uptime))}")
+    rl = stats.get("reloads") or {}
+    if rl:
+        lines.append(f"reloads {rl.get('ok', 0)} ok, {rl.get('failed', 0)} failed")
+    if stats.get("metrics"):
+        lines.append(f"metrics http://{stats['metrics']}/metrics")
+    for port, cap in (stats.get("captures") or {}).items():
+        lines.append(f"capture on {port}: {cap.get('frames', 0)} frame(s) sent")
+    rows = [[k, str(v)] for k, v in sw.items()]
+    if rows:
+        lines += ["" if lines else None, *table(["SWITCH", "VALUE"], rows, right={1})]
+    ports = stats.get("ports") or {}
+    names = list(ports)
+    fields: list[str] = []
+    for c in ports.values():
+        fields += [f for f in c if f not in fields]
+    if names:
+        prow = [[f] + [str(ports[n].get(f, 0)) for n in names] for f in fields]
+        lines += ["", *table(["COUNTER", *names], prow, right=set(range(1, len(names) + 1)))]
+    return "\n".join(line for line in lines if line is not None)
+
+
+def format_reload(result: dict[str, Any]) -> str:
+    out = [f"reloaded {result.get('file') or 'the configuration'}"]
+    changes = result.get("changes") or []
+    out += [f"  {c}" for c in changes] or ["  no changes"]
+    out += [f"  not applied: {w}" for w in result.get("warnings") or []]
+    return "\n".join(out)
+
+
+def plural(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def _duration(s: float) -> str:
+    d, rest = divmod(int(s), 86400)
+    h, rest = divmod(rest, 3600)
+    m, sec = divmod(rest, 60)
+    return (f"{d}d " if d else "") + f"{h:02d}:{m:02d}:{sec:02d}"
+
+
+def si(value: float, unit: str = "") -> str:
+    """1234567 -> '1.23M'; for pps and bit rates in `vswitch top`."""
+    for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.2f}{prefix}{unit}"
+    return f"{value:.0f}{unit}"
