@@ -116,7 +116,10 @@ static void sleep_until_kicked(struct vs_switch *sw)
     for (int i = 0; i < n; i++) {
         uint32_t tag = evs[i].data.u32;
         if (tag == TAG_CTL) {
-            /* Consumed by park() when it is a pause; a stop needs nothing. */
+            /* Take the wake-up: pause and stop are flags the loop checks
+             * next, and a count left behind would keep epoll returning. */
+            uint64_t v;
+            (void)!read(r->ctl_fd, &v, sizeof(v));
             continue;
         }
         uint32_t id = tag >> 8, q = tag & 0xff;

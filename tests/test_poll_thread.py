@@ -125,3 +125,19 @@ def test_pause_resume_storm(sw: Switch) -> None:
                 os.eventfd_write(a.kick_fds[Q_TX], 1)
             lib.vs_run_resume(sw.sw)
     assert a.stats()["rx_packets"] == 10
+
+
+def test_stays_asleep_after_pauses(sw: Switch) -> None:
+    """A resume's wake-up left unread kept epoll returning at once, forever:
+    the idle thread must go back to sleep and stay there after pauses."""
+    a = sw.port()
+    a.post_rx(8)
+    with Runner(sw, idle_us=100) as run:
+        for _ in range(3000):
+            lib.vs_run_pause(sw.sw)
+            lib.vs_run_resume(sw.sw)
+        time.sleep(0.1)
+        sleeps, loops = run.stats()["poll_sleeps"], run.stats()["poll_loops"]
+        time.sleep(0.5)
+        assert run.stats()["poll_sleeps"] - sleeps <= 1
+        assert run.stats()["poll_loops"] - loops < 100
