@@ -66,7 +66,7 @@ static int rebuild(struct vs_switch *sw)
         uint32_t id = sw->open_ids[k];
         struct vs_port *p = &sw->ports[id];
         if (p->kind == VS_PORT_TAP) {
-            if (p->fd >= 0)
+            if (p->fd >= 0 && !p->broken)
                 watch(r, p->fd, id << 8 | 0xff);
             continue;
         }
@@ -123,8 +123,13 @@ static void sleep_until_kicked(struct vs_switch *sw)
             continue;
         }
         uint32_t id = tag >> 8, q = tag & 0xff;
-        if (q == 0xff)
-            continue;   /* a tap fd: the next poll reads it */
+        if (q == 0xff) {
+            /* A tap fd: the next poll reads it.  A broken one (interface
+             * deleted) would report an error forever: stop watching it. */
+            if (sw->ports[id].broken)
+                epoll_ctl(r->epfd, EPOLL_CTL_DEL, sw->ports[id].fd, NULL);
+            continue;
+        }
         struct vs_port *p = &sw->ports[id];
         uint64_t v;
         if (read(p->vq[q].kick_fd, &v, sizeof(v)) == sizeof(v))

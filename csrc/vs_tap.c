@@ -52,6 +52,12 @@ uint32_t vs_tap_enqueue(struct vs_port *p, struct vs_pkt **pkts, uint32_t n)
         }
         ssize_t w = write(p->fd, pkts[i]->data, pkts[i]->len);
         if (w != (ssize_t)pkts[i]->len) {
+            if (w < 0 && errno == EIO) {
+                /* The interface is down (ip link set down): not a failure
+                 * of the port, the frames just have nowhere to go. */
+                p->st.tx_drop_port_down++;
+                continue;
+            }
             if (w < 0 && errno != EAGAIN && errno != ENOBUFS) {
                 p->st.tx_drop_port_down += n - i;
                 vs_port_break(p, "tap device write failed");

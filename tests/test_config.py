@@ -216,13 +216,13 @@ BAD = {
         '(write it as a quoted octal string, e.g. "0660")',
     ),
     "unknown type": (
-        "ports:\n  - {name: t1, type: tap}\n",
-        "ports[0] (t1).type: unknown port type 'tap' (known types: vhost-user)",
+        "ports:\n  - {name: t1, type: vxlan}\n",
+        "ports[0] (t1).type: unknown port type 'vxlan' (known types: vhost-user, tap)",
     ),
     "missing type": (
         "ports:\n  - {name: t1, path: x.sock}\n",
         "ports[0] (t1).type: required key is missing "
-        "(add `type: vhost-user`; known types: vhost-user)",
+        "(add `type: vhost-user`; known types: vhost-user, tap)",
     ),
     "unknown owner": (
         PORTS + "    owner: no-such-user-here\n",

@@ -380,3 +380,8 @@ def top(interval: float, iterations: int | None, control: Path | None, config: P
     path = _control_path(control, config)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_top(path, interval, iterations))
+
+
+from vswitch.lab.cli import lab  # noqa: E402  (the lab commands build on the ones above)
+
+main.add_command(lab)

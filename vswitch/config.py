@@ -252,8 +252,10 @@ class VhostUserPort(_Model):
 
 
 # Every port model, by its `type` tag; `tap` will join this union.
-PORT_TYPES: dict[str, type[_Model]] = {"vhost-user": VhostUserPort}
-Port = Annotated[VhostUserPort, Field(discriminator="type")]
+from vswitch.config_tap import TapPort  # noqa: E402  (it builds on the models above)
+
+PORT_TYPES: dict[str, type[BaseModel]] = {"vhost-user": VhostUserPort, "tap": TapPort}
+Port = Annotated[VhostUserPort | TapPort, Field(discriminator="type")]
 
 
 class _Problems(ValueError):
@@ -295,6 +297,12 @@ class Config(_Model):
             ]
             fix = "give each socket its own path"
             checks += [(("ports", i, "path"), p, str(p), fix) for p in port.socket_paths]
+            if isinstance(port, TapPort):
+                fix = "give each tap port its own ifname or netns"
+                checks.append(
+                    (("ports", i, "ifname"), ("tap", port.netns, port.ifname),
+                     f"interface {port.where}", fix)
+                )  # fmt: skip
             fix = "a MAC can be static on one port only"
             checks += [
                 (("ports", i, "static_macs", j), ("mac", mac), format_mac(mac), fix)

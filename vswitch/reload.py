@@ -58,6 +58,9 @@ class PortChange:
 
     @property
     def restart(self) -> bool:
+        # The kernel interface's MTU is set when the tap is created.
+        if self.new.type == "tap" and "mtu" in self.fields:
+            return True
         in_place = (
             IN_PLACE.get(self.new.type, IN_PLACE_ANY) if self.old.type == self.new.type else set()
         )

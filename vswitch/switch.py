@@ -12,18 +12,20 @@ from typing import Any
 from vswitch import __version__
 from vswitch.capture import Capture
 from vswitch.config import Config, VhostUserPort, load_config
+from vswitch.config_tap import TapPort as TapPortConfig
 from vswitch.control import ControlServer, make_handler
 from vswitch.datapath import Datapath
 from vswitch.errors import ConfigError, ControlError, StartupError
 from vswitch.metrics import MetricsServer, Snapshot
+from vswitch.tap import TapPort
 from vswitch.vhost.port import VhostPort
 
 log = logging.getLogger("vswitch")
 
 AGE_INTERVAL = 1.0
 
-PortConfig = VhostUserPort  # the union of port models as more types arrive
-AnyPort = VhostPort
+PortConfig = VhostUserPort | TapPortConfig
+AnyPort = VhostPort | TapPort
 
 
 class Switch:
@@ -110,6 +112,8 @@ class Switch:
     def new_port(self, pc: PortConfig) -> AnyPort:
         """The (unstarted) port object for one `ports:` entry: new port types go here."""
         assert self.dp is not None
+        if pc.type == "tap":
+            return TapPort(pc, self.dp)
         return VhostPort(pc, self.dp)
 
     async def add_port(self, pc: PortConfig) -> None:

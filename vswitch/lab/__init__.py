@@ -1,0 +1,13 @@
+"""Lab topologies: switches, QEMU VMs and namespace hosts described in one file.
+
+    from vswitch.lab import Lab
+    with Lab.from_file("configs/labs/star.yaml") as lab:
+        lab.exec("vm1", "ping -c1 10.0.0.2").check()
+
+docs/lab.md describes the lab file, the commands and how a lab is built.
+"""
+
+from vswitch.lab.model import LabSpec, load_lab, parse_lab
+from vswitch.lab.runner import ExecResult, Lab, LabError, sweep
+
+__all__ = ["ExecResult", "Lab", "LabError", "LabSpec", "load_lab", "parse_lab", "sweep"]
