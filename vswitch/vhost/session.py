@@ -270,7 +270,13 @@ class VhostSession:
     def _vring_fd(self, msg: Message) -> tuple[int, int]:
         value = msg.u64()
         q = self._vring_index(value & P.VRING_IDX_MASK, msg)
-        return q, -1 if value & P.VRING_NOFD else msg.fds.pop()
+        if value & P.VRING_NOFD:
+            return q, -1
+        # Only an eventfd: a pipe could block our interrupt writes (stalling
+        # every port) or sit at EOF and wake us forever.
+        if os.readlink(f"/proc/self/fd/{msg.fds[-1]}") != "anon_inode:[eventfd]":
+            raise Refused(f"vring {q}: the descriptor is not an eventfd")
+        return q, msg.fds.pop()
 
     def _set_vring_kick(self, msg: Message) -> None:
         q, fd = self._vring_fd(msg)
