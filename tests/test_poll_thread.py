@@ -124,7 +124,10 @@ def test_pause_resume_storm(sw: Switch) -> None:
                 a.tx.add_tx(eth(MB, MA, 64), net_hdr(12))
                 os.eventfd_write(a.kick_fds[Q_TX], 1)
             lib.vs_run_resume(sw.sw)
-    assert a.stats()["rx_packets"] == 10
+        # The storm may leave the loop no window to serve between pauses
+        # (a loaded CI host); what matters is that no frame is lost once
+        # it runs again.
+        wait_for(lambda: a.stats()["rx_packets"] == 10)
 
 
 def test_stays_asleep_after_pauses(sw: Switch) -> None:
