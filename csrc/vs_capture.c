@@ -35,9 +35,10 @@ static void ring_get(const struct vs_capture *c, uint64_t at, void *dst, uint32_
     memcpy((uint8_t *)dst + first, c->buf, len - first);
 }
 
-void vs_capture_frame(struct vs_port *p, uint32_t dir, const uint8_t *data, uint32_t len)
+void vs_capture_frame(struct vs_port *p, uint32_t dir, const struct vs_pkt *pkt)
 {
     struct vs_capture *c = p->cap;
+    uint32_t len = pkt->len;
     uint32_t caplen = len < c->snaplen ? len : c->snaplen;
     uint32_t need = rec_size(caplen);
     uint64_t tail = __atomic_load_n(&c->tail, __ATOMIC_ACQUIRE);
@@ -55,7 +56,16 @@ void vs_capture_frame(struct vs_port *p, uint32_t dir, const uint8_t *data, uint
         .dir = dir,
     };
     ring_put(c, c->head, &h, sizeof(h));
-    ring_put(c, c->head + sizeof(h), data, caplen);
+    uint64_t at = c->head + sizeof(h);
+    uint32_t n = caplen < VS_ETH_HDR ? caplen : VS_ETH_HDR;
+    ring_put(c, at, pkt->eth, n);
+    at += n;
+    for (uint32_t k = 0; k < pkt->nseg && at < c->head + sizeof(h) + caplen; k++) {
+        uint32_t left = (uint32_t)(c->head + sizeof(h) + caplen - at);
+        n = pkt->seg[k].len < left ? pkt->seg[k].len : left;
+        ring_put(c, at, pkt->seg[k].p, n);
+        at += n;
+    }
     __atomic_store_n(&c->head, c->head + need, __ATOMIC_RELEASE);
     p->st.cap_packets++;
 }

@@ -119,7 +119,10 @@ void vs_fdb_learn(struct vs_switch *sw, uint64_t mac, uint16_t vlan, uint32_t po
             sw->ports[port].st.fdb_count++;
             sw->ports[port].st.fdb_moved++;
         }
-        s->seen = sw->now;
+        /* Only write when it changes: the entry's line stays clean in
+         * every core's cache while a station keeps talking. */
+        if (s->seen != sw->now)
+            s->seen = sw->now;
         return;
     }
     if (at_limit(&sw->ports[port]))

@@ -51,15 +51,33 @@ struct virtio_net_hdr {
     uint16_t num_buffers;
 };
 
-/* Frames are copied out of the ingress ring into these, then into every
- * egress ring; sized for the largest MTU plus an Ethernet header and a VLAN tag. */
+/* A frame in flight, referenced where it lies (copy once, guest to guest).
+ *
+ * The first VS_ETH_HDR bytes are read once into eth: forwarding decides on
+ * that copy, and it is what every egress port receives, so a guest that
+ * rewrites its buffer mid-burst cannot make the switch's decision and the
+ * delivered header disagree.  The rest of the frame stays in the ingress
+ * port's memory (seg), which stays valid until that port's used index is
+ * published after the burst (vs_vring_complete).  A chain with more spans
+ * than seg holds, and every TAP frame, is copied into buf, the slot's own
+ * buffer, sized for the largest MTU plus an Ethernet header and a VLAN tag. */
+#define VS_ETH_HDR 14
+#define VS_PKT_SEGS 8
 #define VS_FRAME_MAX (VS_MAX_MTU + 18)
 #define VS_PKT_SIZE 9216
-_Static_assert(VS_FRAME_MAX <= VS_PKT_SIZE, "packet buffer too small for the largest frame");
+_Static_assert(VS_FRAME_MAX + 12 <= VS_PKT_SIZE, "packet buffer too small for the largest frame");
+
+struct vs_seg {
+    const uint8_t *p;
+    uint32_t len;
+};
 
 struct vs_pkt {
-    uint32_t len;
-    uint8_t data[VS_PKT_SIZE];
+    uint32_t len;                   /* whole frame, eth included, no virtio-net header */
+    uint32_t nseg;
+    uint8_t eth[VS_ETH_HDR];
+    struct vs_seg seg[VS_PKT_SEGS]; /* the len - VS_ETH_HDR bytes after eth */
+    uint8_t *buf;                   /* VS_PKT_SIZE bytes owned by this slot */
 };
 
 /* Guest memory: one mapping per region of the front end's table. */
@@ -93,6 +111,8 @@ struct vs_vring {
     bool started;
     bool enabled;
     bool ready;
+    bool kicks_off;         /* we set NO_NOTIFY and nobody cleared it since */
+    bool signal_due;        /* listed in sw->signal: published, interrupt not yet decided */
 };
 
 /* A writable span of guest memory, already translated. */
@@ -174,8 +194,11 @@ struct vs_switch {
     uint32_t open_ids[VS_MAX_PORTS];
     uint32_t ndirty;                /* ports with pending frames this burst */
     uint32_t dirty[VS_MAX_PORTS];
+    uint32_t nsignal;               /* rings with signal_due: port * VS_MAX_QUEUES + queue */
+    uint32_t signal[VS_MAX_PORTS * VS_MAX_QUEUES];
     struct vs_runner run;
     struct vs_pkt pkts[VS_BURST];
+    uint8_t bufs[VS_BURST][VS_PKT_SIZE];    /* pkts[i].buf, or another slot's after a swap */
     struct vs_port ports[VS_MAX_PORTS];
 };
 
@@ -187,23 +210,49 @@ struct vs_switch {
 /* vs_mem.c */
 int vs_mem_map(struct vs_mem *mem, const struct vs_mem_region *regions, uint32_t n);
 void vs_mem_unmap(struct vs_mem *mem);
-/* Host pointer for [gpa, gpa+*len) clipped to one region: *len is reduced to
- * what is contiguous.  NULL if gpa is in no region. */
-uint8_t *vs_gpa_to_host(const struct vs_mem *mem, uint64_t gpa, uint64_t *len);
 /* Host pointer for a front-end virtual range that must lie in one region. */
 void *vs_uaddr_to_host(const struct vs_mem *mem, uint64_t ua, uint64_t len);
 
-/* vs_vring.c */
+/* Host pointer for [gpa, gpa+*len) clipped to one region: *len is reduced to
+ * what is contiguous.  NULL if gpa is in no region.  Inline: every
+ * descriptor of every frame goes through here. */
+static inline uint8_t *vs_gpa_to_host(const struct vs_mem *mem, uint64_t gpa, uint64_t *len)
+{
+    for (uint32_t i = 0; i < mem->n; i++) {
+        const struct vs_region *r = &mem->r[i];
+        uint64_t off = gpa - r->gpa;
+        if (gpa >= r->gpa && off < r->size) {
+            uint64_t room = r->size - off;
+            if (*len > room)
+                *len = room;
+            return r->host + off;
+        }
+    }
+    return NULL;
+}
+
+/* vs_vring.c: ring setup, notifications, kick suppression. */
 void vs_vring_init(struct vs_vring *vq);
 int vs_vring_translate(struct vs_port *p, struct vs_vring *vq);
-/* Frames taken into pkts; *consumed counts every descriptor chain used,
- * dropped frames included. */
-int vs_vring_dequeue(struct vs_port *p, struct vs_vring *vq, struct vs_pkt *pkts, uint32_t max,
-                     uint32_t *consumed);
-uint32_t vs_vring_enqueue(struct vs_port *p, struct vs_vring *vq, struct vs_pkt **pkts, uint32_t n);
-void vs_vring_notify(struct vs_port *p, struct vs_vring *vq);
+void vs_vring_signal(struct vs_port *p, struct vs_vring *vq);
 void vs_vring_enable_kicks(struct vs_port *p, struct vs_vring *vq, bool on);
 void vs_port_break(struct vs_port *p, const char *why);
+
+/* vs_vring_tx.c: frames the guest sends.  Up to max frames are referenced
+ * in pkts (their chains' used entries written, not yet published);
+ * *consumed counts every chain taken, dropped frames included.  The frames
+ * stay valid until vs_vring_complete publishes the used index. */
+int vs_vring_dequeue(struct vs_port *p, struct vs_vring *vq, struct vs_pkt *pkts, uint32_t max,
+                     uint32_t *consumed);
+bool vs_vring_complete(struct vs_port *p, struct vs_vring *vq, uint32_t consumed);
+
+/* vs_vring_rx.c: frames the guest receives (the used index published when
+ * any were). */
+uint32_t vs_vring_enqueue(struct vs_port *p, struct vs_vring *vq, struct vs_pkt **pkts, uint32_t n);
+
+/* Neither interrupts the guest: the switch notes the ring (signal_due) and
+ * vs_flush_signals fences once for every ring the loop touched, instead of
+ * once per ring and burst, then interrupts the guests that want it. */
 
 /* vs_run.c */
 int vs_run_init(struct vs_switch *sw);
@@ -212,11 +261,10 @@ void vs_run_destroy(struct vs_switch *sw);
 /* vs_switch.c */
 void vs_tick(struct vs_switch *sw);
 int vs_serve(struct vs_switch *sw, uint32_t port, uint32_t budget, bool arm);
-
-
+void vs_flush_signals(struct vs_switch *sw);
 
 /* vs_capture.c */
-void vs_capture_frame(struct vs_port *p, uint32_t dir, const uint8_t *data, uint32_t len);
+void vs_capture_frame(struct vs_port *p, uint32_t dir, const struct vs_pkt *pkt);
 
 static inline bool vs_capturing(const struct vs_port *p, uint32_t dir)
 {
@@ -229,7 +277,7 @@ static inline void vs_delivered(struct vs_port *p, const struct vs_pkt *pkt)
     p->st.tx_packets++;
     p->st.tx_bytes += pkt->len;
     if (vs_capturing(p, VS_CAP_TX))
-        vs_capture_frame(p, VS_CAP_TX, pkt->data, pkt->len);
+        vs_capture_frame(p, VS_CAP_TX, pkt);
 }
 
 /* vs_tap.c */

@@ -87,21 +87,6 @@ void vs_mem_unmap(struct vs_mem *mem)
     memset(mem, 0, sizeof(*mem));
 }
 
-uint8_t *vs_gpa_to_host(const struct vs_mem *mem, uint64_t gpa, uint64_t *len)
-{
-    for (uint32_t i = 0; i < mem->n; i++) {
-        const struct vs_region *r = &mem->r[i];
-        uint64_t off = gpa - r->gpa;
-        if (gpa >= r->gpa && off < r->size) {
-            uint64_t room = r->size - off;
-            if (*len > room)
-                *len = room;
-            return r->host + off;
-        }
-    }
-    return NULL;
-}
-
 void *vs_uaddr_to_host(const struct vs_mem *mem, uint64_t ua, uint64_t len)
 {
     for (uint32_t i = 0; i < mem->n; i++) {

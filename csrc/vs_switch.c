@@ -37,6 +37,8 @@ struct vs_switch *vs_switch_new(uint32_t fdb_size)
     for (uint32_t i = 0; i < VS_MAX_PORTS; i++)
         for (int q = 0; q < VS_MAX_QUEUES; q++)
             vs_vring_init(&sw->ports[i].vq[q]);
+    for (uint32_t i = 0; i < VS_BURST; i++)
+        sw->pkts[i].buf = sw->bufs[i];
     vs_tick(sw);
     return sw;
 }
@@ -83,11 +85,18 @@ static void refresh(struct vs_port *p, struct vs_vring *vq)
 {
     bool was = vq->ready;
     vq->ready = false;
+    vq->kicks_off = false;  /* the ring may be new: the next "off" writes */
     if (p->broken)
         return;
     if (vs_vring_translate(p, vq) < 0 || !vq->started || !vq->enabled)
         return;
     vq->ready = true;
+    /* Buffers added to an RX ring never need our attention (frames that
+     * find no room are dropped, not queued), so the guest need not kick
+     * for them: a kick costs it a syscall or a VM exit.  With EVENT_IDX the
+     * avail_event we never move does the same, but for one kick per wrap. */
+    if ((vq - p->vq) % 2 == 0)
+        vs_vring_enable_kicks(p, vq, false);
     if (!was) {
         /* After a reconnect the ring in guest memory is the truth: resume
          * from the used index the guest last saw. */
@@ -362,6 +371,31 @@ static inline bool can_take(const struct vs_port *p)
     return p->kind == VS_PORT_TAP ? p->fd >= 0 && !p->broken : p->vq[0].ready;
 }
 
+/* The used index of ring q of port was published: decide on an interrupt
+ * at the next vs_flush_signals. */
+static inline void signal_due(struct vs_switch *sw, uint32_t port, uint32_t q)
+{
+    struct vs_vring *vq = &sw->ports[port].vq[q];
+    if (!vq->signal_due) {
+        vq->signal_due = true;
+        sw->signal[sw->nsignal++] = port * VS_MAX_QUEUES + q;
+    }
+}
+
+void vs_flush_signals(struct vs_switch *sw)
+{
+    if (sw->nsignal == 0)
+        return;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    for (uint32_t i = 0; i < sw->nsignal; i++) {
+        struct vs_port *p = &sw->ports[sw->signal[i] / VS_MAX_QUEUES];
+        struct vs_vring *vq = &p->vq[sw->signal[i] % VS_MAX_QUEUES];
+        vq->signal_due = false;
+        vs_vring_signal(p, vq);
+    }
+    sw->nsignal = 0;
+}
+
 static inline void queue_on(struct vs_switch *sw, uint32_t port, struct vs_pkt *pkt)
 {
     struct vs_port *d = &sw->ports[port];
@@ -370,19 +404,33 @@ static inline void queue_on(struct vs_switch *sw, uint32_t port, struct vs_pkt *
     d->pending[d->npending++] = pkt;
 }
 
+/* Frames of one burst mostly share their addresses (a flow, a bulk
+ * transfer), so the last source learned and the last destination looked up
+ * are remembered for the burst.  Learning can only change the entry of the
+ * address it learns, and it forgets the destination when it runs. */
 static void forward(struct vs_switch *sw, uint32_t in, struct vs_pkt *pkts, uint32_t n)
 {
     struct vs_port *ip = &sw->ports[in];
+    uint64_t last_src = ~0ULL, last_dst = ~0ULL;
+    int64_t last_out = -1;
     for (uint32_t i = 0; i < n; i++) {
         struct vs_pkt *pkt = &pkts[i];
         if (vs_capturing(ip, VS_CAP_RX))
-            vs_capture_frame(ip, VS_CAP_RX, pkt->data, pkt->len);
-        uint64_t dst = mac_at(pkt->data), src = mac_at(pkt->data + 6);
-        /* Group and all-zero sources are never stations. */
-        if (!(src & (1ULL << 40)) && src != 0)
-            vs_fdb_learn(sw, src, 0, in);
+            vs_capture_frame(ip, VS_CAP_RX, pkt);
+        uint64_t dst = mac_at(pkt->eth), src = mac_at(pkt->eth + 6);
+        if (src != last_src) {
+            /* Group and all-zero sources are never stations. */
+            if (!(src & (1ULL << 40)) && src != 0)
+                vs_fdb_learn(sw, src, 0, in);
+            last_src = src;
+            last_dst = ~0ULL;
+        }
         if (!(dst & (1ULL << 40))) {
-            int64_t out = vs_fdb_lookup(&sw->fdb, dst, 0);
+            if (dst != last_dst) {
+                last_out = vs_fdb_lookup(&sw->fdb, dst, 0);
+                last_dst = dst;
+            }
+            int64_t out = last_out;
             if (out >= 0) {
                 if ((uint32_t)out == in)
                     continue;
@@ -407,8 +455,8 @@ static void forward(struct vs_switch *sw, uint32_t in, struct vs_pkt *pkts, uint
         struct vs_port *d = &sw->ports[sw->dirty[k]];
         if (d->kind == VS_PORT_TAP)
             vs_tap_enqueue(d, d->pending, d->npending);
-        else
-            vs_vring_enqueue(d, &d->vq[0], d->pending, d->npending);
+        else if (vs_vring_enqueue(d, &d->vq[0], d->pending, d->npending) > 0)
+            signal_due(sw, sw->dirty[k], 0);
         d->npending = 0;
     }
     sw->ndirty = 0;
@@ -418,7 +466,6 @@ static int serve_tap(struct vs_switch *sw, uint32_t port, uint32_t budget)
 {
     struct vs_port *p = &sw->ports[port];
     uint32_t total = 0;
-    vs_tick(sw);
     while (total < budget) {
         int n = vs_tap_dequeue(p, sw->pkts, VS_BURST);
         if (n <= 0)
@@ -431,7 +478,8 @@ static int serve_tap(struct vs_switch *sw, uint32_t port, uint32_t budget)
 
 /* Serves a port's TX ring until it is empty or the budget is spent.  With
  * arm, an empty ring is left asking the guest for kicks (event mode); the
- * poll loop arms rings only before it sleeps, so a busy guest never kicks. */
+ * poll loop arms rings only before it sleeps, so a busy guest never kicks.
+ * The caller keeps sw->now fresh (vs_tick). */
 int vs_serve(struct vs_switch *sw, uint32_t port, uint32_t budget, bool arm)
 {
     struct vs_port *p = &sw->ports[port];
@@ -441,16 +489,20 @@ int vs_serve(struct vs_switch *sw, uint32_t port, uint32_t budget, bool arm)
     uint32_t total = 0, spent = 0;
     if (!vq->ready)
         return p->broken ? -EIO : 0;
-    vs_tick(sw);
     vs_vring_enable_kicks(p, vq, false);
     /* Every chain consumed, dropped or not, and every pass spends budget:
      * a guest cannot keep us here with runts or a ring that never settles. */
     while (spent < budget) {
         uint32_t consumed;
         int n = vs_vring_dequeue(p, vq, sw->pkts, VS_BURST, &consumed);
-        if (n < 0)
+        if (n < 0) {
+            if (vs_vring_complete(p, vq, consumed))
+                signal_due(sw, port, 1);
             return total > 0 ? (int)total : n;
+        }
         forward(sw, port, sw->pkts, (uint32_t)n);
+        if (vs_vring_complete(p, vq, consumed))
+            signal_due(sw, port, 1);
         total += (uint32_t)n;
         spent += consumed + 1;
         if (consumed > 0)
@@ -475,8 +527,12 @@ int vs_port_kick(struct vs_switch *sw, uint32_t port, uint32_t q)
     struct vs_vring *vq = get_vring(sw, port, q, &p);
     if (!vq)
         return -EINVAL;
-    if (p->kind == VS_PORT_TAP)
-        return vs_serve(sw, port, KICK_BUDGET, true);
+    vs_tick(sw);
+    if (p->kind == VS_PORT_TAP) {
+        int n = vs_serve(sw, port, KICK_BUDGET, true);
+        vs_flush_signals(sw);
+        return n;
+    }
     if (vq->kick_fd >= 0) {
         uint64_t v;
         if (read(vq->kick_fd, &v, sizeof(v)) == sizeof(v))
@@ -484,16 +540,20 @@ int vs_port_kick(struct vs_switch *sw, uint32_t port, uint32_t q)
     }
     if (q % 2 == 0)
         return 0;   /* RX buffers added: nothing waits for them, we never queue */
-    return vs_serve(sw, port, KICK_BUDGET, true);
+    int n = vs_serve(sw, port, KICK_BUDGET, true);
+    vs_flush_signals(sw);
+    return n;
 }
 
 int vs_poll(struct vs_switch *sw, uint32_t budget)
 {
     int total = 0;
+    vs_tick(sw);
     for (uint32_t k = 0; k < sw->nopen; k++) {
         int n = vs_serve(sw, sw->open_ids[k], budget, true);
         if (n > 0)
             total += n;
     }
+    vs_flush_signals(sw);
     return total;
 }

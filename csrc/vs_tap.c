@@ -3,6 +3,8 @@
  * the fd is non-blocking, so a full or empty queue is EAGAIN, never a wait. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "vs_internal.h"
@@ -14,7 +16,8 @@ int vs_tap_dequeue(struct vs_port *p, struct vs_pkt *pkts, uint32_t max)
     /* Dropped frames count against the burst too, so a flood of runts
      * cannot keep us here. */
     for (uint32_t tries = 0; got < max && tries < max && p->fd >= 0; tries++) {
-        ssize_t n = read(p->fd, pkts[got].data, VS_PKT_SIZE);
+        struct vs_pkt *pkt = &pkts[got];
+        ssize_t n = read(p->fd, pkt->buf, VS_PKT_SIZE);
         if (n <= 0) {
             if (n < 0 && errno == EINTR)
                 continue;
@@ -34,7 +37,10 @@ int vs_tap_dequeue(struct vs_port *p, struct vs_pkt *pkts, uint32_t max)
             p->st.rx_drop_too_long++;
             continue;
         }
-        pkts[got].len = (uint32_t)n;
+        memcpy(pkt->eth, pkt->buf, VS_ETH_HDR);
+        pkt->len = (uint32_t)n;
+        pkt->nseg = n > VS_ETH_HDR;
+        pkt->seg[0] = (struct vs_seg){pkt->buf + VS_ETH_HDR, (uint32_t)n - VS_ETH_HDR};
         p->st.rx_packets++;
         p->st.rx_bytes += (uint64_t)n;
         got++;
@@ -50,7 +56,12 @@ uint32_t vs_tap_enqueue(struct vs_port *p, struct vs_pkt **pkts, uint32_t n)
             p->st.tx_drop_too_long++;
             continue;
         }
-        ssize_t w = write(p->fd, pkts[i]->data, pkts[i]->len);
+        /* One writev is one frame on a tap. */
+        struct iovec v[1 + VS_PKT_SEGS];
+        v[0] = (struct iovec){pkts[i]->eth, VS_ETH_HDR};
+        for (uint32_t k = 0; k < pkts[i]->nseg; k++)
+            v[1 + k] = (struct iovec){(void *)pkts[i]->seg[k].p, pkts[i]->seg[k].len};
+        ssize_t w = writev(p->fd, v, 1 + (int)pkts[i]->nseg);
         if (w != (ssize_t)pkts[i]->len) {
             if (w < 0 && errno == EIO) {
                 /* The interface is down (ip link set down): not a failure

@@ -1,0 +1,193 @@
+/* Giving frames to a guest's RX ring.
+ *
+ * As on the TX side, a burst goes in passes so that cache misses overlap:
+ * hint the descriptors of the heads the burst will likely use; reserve
+ * buffers for as many frames as fit (walking and checking their chains,
+ * hinting each buffer's first lines for writing); then copy each frame,
+ * straight from where it lies (the sender's memory or a slot buffer), and
+ * fill in the used entries.  One used-index update and at most one
+ * interrupt per burst. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <string.h>
+
+#include "vs_ring.h"
+
+/* Collects the writable spans of one RX chain into p->iov from *niov. */
+static int rx_chain_iov(struct vs_port *p, struct vs_vring *vq, uint16_t head, uint32_t *niov,
+                        uint64_t *cap)
+{
+    struct desc_iter it;
+    struct vring_desc d;
+    int rc;
+    desc_iter_start(&it, vq, head);
+    while ((rc = desc_next(p, &it, &d)) > 0) {
+        if (!(d.flags & VRING_DESC_F_WRITE)) {
+            vs_port_break(p, "device-readable descriptor in an RX chain");
+            return -EINVAL;
+        }
+        uint64_t addr = d.addr;
+        uint64_t left = d.len;
+        while (left > 0) {
+            uint64_t len = left;
+            uint8_t *h = vs_gpa_to_host(&p->mem, addr, &len);
+            if (!h) {
+                vs_port_break(p, "RX descriptor outside guest memory");
+                return -EFAULT;
+            }
+            if (*niov >= VS_MAX_IOV)
+                return -ENOBUFS;
+            p->iov[(*niov)++] = (struct vs_iov){h, (uint32_t)len};
+            addr += len;
+            left -= len;
+        }
+        *cap += d.len;
+    }
+    return rc;
+}
+
+/* Reserves buffers for need bytes from avail slot *slot on: their heads go
+ * to p->heads from *nheads, their spans to p->iov from *niov.
+ * 1: reserved; 0: no room (nothing reserved); -ENOBUFS: the burst's span
+ * table is full; other <0: broken ring. */
+static int reserve(struct vs_port *p, struct vs_vring *vq, uint64_t need, uint16_t *slot,
+                   uint16_t *avail_left, uint32_t *niov, uint32_t *nheads)
+{
+    uint32_t iov0 = *niov, heads0 = *nheads;
+    uint16_t k = 0;
+    uint64_t cap = 0;
+    while (cap < need) {
+        if (k == *avail_left || *nheads == VS_MAX_IOV || (k > 0 && !p->mrg_rxbuf))
+            goto no_room;
+        uint16_t head;
+        int rc = read_head(p, vq, (uint16_t)(*slot + k), &head);
+        if (rc == 0)
+            rc = rx_chain_iov(p, vq, head, niov, &cap);
+        if (rc == -ENOBUFS) {
+            *niov = iov0;
+            *nheads = heads0;
+            return -ENOBUFS;
+        }
+        if (rc < 0)
+            return rc;
+        p->heads[*nheads] = head;
+        p->ends[(*nheads)++] = *niov;
+        k++;
+    }
+    *slot = (uint16_t)(*slot + k);
+    *avail_left = (uint16_t)(*avail_left - k);
+    if (*niov > iov0)
+        prefetch_span(p->iov[iov0].p, p->iov[iov0].len < need ? p->iov[iov0].len : (uint32_t)need, 1);
+    return 1;
+no_room:
+    *niov = iov0;
+    *nheads = heads0;
+    return 0;
+}
+
+/* Writes src across the spans from span *i, offset *off on.  memmove: a
+ * front end may hand two ports the same memory, so source and destination
+ * can overlap (the bytes are then its own problem, the copy stays defined). */
+static void iov_put(const struct vs_iov *iov, uint32_t *i, uint32_t *off, const uint8_t *src,
+                    uint32_t len)
+{
+    while (len > 0) {
+        uint32_t room = iov[*i].len - *off;
+        uint32_t n = len < room ? len : room;
+        memmove(iov[*i].p + *off, src, n);
+        src += n;
+        len -= n;
+        *off += n;
+        if (*off == iov[*i].len) {
+            (*i)++;
+            *off = 0;
+        }
+    }
+}
+
+/* A reserved frame: its spans end at iov_end, its heads at head_end. */
+struct rx_plan {
+    struct vs_pkt *pkt;
+    uint32_t iov_end;
+    uint32_t head_end;
+};
+
+/* Copies the planned frames in and writes their used entries. */
+static uint32_t fill(struct vs_port *p, struct vs_vring *vq, const struct rx_plan *plan,
+                     uint32_t nplan)
+{
+    uint32_t iov0 = 0, head0 = 0;
+    for (uint32_t j = 0; j < nplan; j++) {
+        const struct vs_pkt *pkt = plan[j].pkt;
+        uint32_t nheads = plan[j].head_end - head0;
+        struct virtio_net_hdr hdr = {.num_buffers = (uint16_t)nheads};
+        uint32_t i = iov0, off = 0;
+        iov_put(p->iov, &i, &off, (const uint8_t *)&hdr, p->hdr_len);
+        iov_put(p->iov, &i, &off, pkt->eth, VS_ETH_HDR);
+        for (uint32_t s = 0; s < pkt->nseg; s++)
+            iov_put(p->iov, &i, &off, pkt->seg[s].p, pkt->seg[s].len);
+
+        /* Each buffer reports how much of it was written. */
+        uint64_t left = p->hdr_len + pkt->len;
+        uint32_t span = iov0;
+        for (uint32_t h = head0; h < plan[j].head_end; h++) {
+            uint64_t room = 0;
+            for (; span < p->ends[h]; span++)
+                room += p->iov[span].len;
+            uint32_t used = (uint32_t)(left < room ? left : room);
+            put_used(vq, vq->last_used++, p->heads[h], used);
+            left -= used;
+        }
+        vq->last_avail = (uint16_t)(vq->last_avail + nheads);
+        vs_delivered(p, pkt);
+        iov0 = plan[j].iov_end;
+        head0 = plan[j].head_end;
+    }
+    return nplan;
+}
+
+uint32_t vs_vring_enqueue(struct vs_port *p, struct vs_vring *vq, struct vs_pkt **pkts, uint32_t n)
+{
+    uint16_t avail;
+    uint32_t sent = 0;
+    if (!vq->ready || avail_count(p, vq, &avail) < 0) {
+        p->st.tx_drop_no_buffer += n;
+        return 0;
+    }
+    for (uint32_t k = 0; k < n && k < avail; k++)
+        prefetch_head(vq, (uint16_t)(vq->last_avail + k));
+
+    struct rx_plan plan[VS_BURST];
+    uint32_t i = 0;
+    while (i < n) {
+        uint32_t nplan = 0, niov = 0, nheads = 0;
+        uint16_t slot = vq->last_avail;
+        int rc = 0;
+        for (; i < n && nplan < VS_BURST; i++) {
+            struct vs_pkt *pkt = pkts[i];
+            if (pkt->len > p->mtu + 18) {
+                p->st.tx_drop_too_long++;
+                continue;
+            }
+            rc = reserve(p, vq, p->hdr_len + pkt->len, &slot, &avail, &niov, &nheads);
+            if (rc == -ENOBUFS && nplan > 0)
+                break;      /* copy what is planned, then try this frame again */
+            if (rc < 0 && rc != -ENOBUFS)
+                break;
+            if (rc <= 0) {
+                p->st.tx_drop_no_buffer++;
+                continue;
+            }
+            plan[nplan++] = (struct rx_plan){pkt, niov, nheads};
+        }
+        sent += fill(p, vq, plan, nplan);
+        if (rc < 0 && rc != -ENOBUFS) {
+            p->st.tx_drop_no_buffer += n - i;
+            break;
+        }
+    }
+    if (vq->used && sent > 0) {
+        publish_used(vq);
+    }
+    return sent;
+}
