@@ -105,7 +105,8 @@ async def test_negotiation_follows_qemu(switch: Switch) -> None:
     async with Frontend(sock(switch)) as fe:
         offered = (await fe.call(Req.GET_FEATURES)).u64()
         assert offered == P.OFFERED_FEATURES
-        for f in (F.VERSION_1, F.MRG_RXBUF, F.INDIRECT_DESC, F.EVENT_IDX, F.GUEST_ANNOUNCE, F.MTU):
+        for f in (F.VERSION_1, F.MRG_RXBUF, F.INDIRECT_DESC, F.EVENT_IDX, F.GUEST_ANNOUNCE, F.MTU,
+                  F.IN_ORDER):
             assert offered & (1 << f)
         # Never offered: anything we do not implement.
         for f in (F.CSUM, F.GUEST_TSO4, F.HOST_TSO4, F.CTRL_VQ, F.RING_PACKED, F.LOG_ALL, F.MQ):
