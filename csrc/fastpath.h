@@ -190,3 +190,8 @@ uint32_t vs_fdb_flush(struct vs_switch *sw, int port, int include_static);
 uint32_t vs_fdb_dump(struct vs_switch *sw, struct vs_fdb_entry *out, uint32_t max);
 /* Remove dynamic entries idle for max_age seconds or more; returns how many. */
 uint32_t vs_fdb_age(struct vs_switch *sw, uint32_t max_age);
+/* The poll thread's aging (0 = none, the default): it sweeps the table a
+ * slice at a time, the whole of it about once a second, and wakes once a
+ * second to do so when idle, so aging never parks the data path.  Safe to
+ * call while the thread runs. */
+void vs_fdb_set_max_age(struct vs_switch *sw, uint32_t max_age);

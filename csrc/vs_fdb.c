@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "vs_internal.h"
 
@@ -201,6 +202,35 @@ uint32_t vs_fdb_age(struct vs_switch *sw, uint32_t max_age)
     FDB_SWEEP(sw, s, !(s->flags & VS_FDB_STATIC) && now - s->seen >= max_age, n);
     sw->st.fdb_aged += n;
     return n;
+}
+
+void vs_fdb_set_max_age(struct vs_switch *sw, uint32_t max_age)
+{
+    if (__atomic_exchange_n(&sw->fdb.max_age, max_age, __ATOMIC_RELAXED) == max_age)
+        return;
+    /* A thread asleep with no timeout must look again at how long to sleep. */
+    uint64_t one = 1;
+    if (sw->run.ctl_fd >= 0)
+        (void)!write(sw->run.ctl_fd, &one, sizeof(one));
+}
+
+uint32_t vs_fdb_age_some(struct vs_switch *sw, uint32_t max_age, uint32_t n)
+{
+    struct vs_fdb *fdb = &sw->fdb;
+    uint32_t removed = 0, i = fdb->cursor & fdb->mask;
+    for (uint32_t k = 0; k < n; k++) {
+        struct fdb_slot *s = &fdb->slots[i];
+        if (s->key != 0 && !(s->flags & VS_FDB_STATIC) && sw->now - s->seen >= max_age) {
+            /* A later entry may shift into slot i: look at it again. */
+            fdb_remove_at(sw, i);
+            removed++;
+            continue;
+        }
+        i = (i + 1) & fdb->mask;
+    }
+    fdb->cursor = i;
+    sw->st.fdb_aged += removed;
+    return removed;
 }
 
 uint32_t vs_fdb_dump(struct vs_switch *sw, struct vs_fdb_entry *out, uint32_t max)

@@ -173,6 +173,8 @@ struct vs_fdb {
     uint32_t mask;          /* capacity - 1, capacity a power of two */
     uint32_t count;
     uint32_t max;
+    uint32_t max_age;       /* the poll thread's aging, 0 = none (atomic) */
+    uint32_t cursor;        /* where its sweep goes on */
 };
 
 /* vs_run.c: the poll thread's state. */
@@ -290,5 +292,7 @@ void vs_fdb_destroy(struct vs_fdb *fdb);
 void vs_fdb_learn(struct vs_switch *sw, uint64_t mac, uint16_t vlan, uint32_t port);
 /* Port index for (vlan, mac), or -1. */
 int64_t vs_fdb_lookup(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan);
+/* Ages up to n slots from the sweep cursor on; returns entries removed. */
+uint32_t vs_fdb_age_some(struct vs_switch *sw, uint32_t max_age, uint32_t n);
 
 #endif

@@ -10,7 +10,11 @@
  * vs_run_pause() raises pause_req and wakes the loop through ctl_fd; the
  * loop acknowledges on ack_fd and waits on ctl_fd until vs_run_resume().
  * The loop rebuilds its epoll set after every pause, since that is when
- * fds can have changed. */
+ * fds can have changed.
+ *
+ * It also ages the MAC table, a slice at a time (vs_fdb_set_max_age):
+ * sweeping a big table in one go, or parking the loop for it, would stall
+ * every port for milliseconds each second. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
@@ -107,12 +111,35 @@ static bool arm_all(struct vs_switch *sw)
     return work;
 }
 
+/* Ages the share of the MAC table that the time since the last call is
+ * worth, the whole table per second: a slice at a time while busy, all of
+ * it after a sleep.  *last is when the last slice was taken. */
+static void age(struct vs_switch *sw, uint64_t *last)
+{
+    uint32_t max_age = __atomic_load_n(&sw->fdb.max_age, __ATOMIC_RELAXED);
+    uint64_t t = now_ns(), dt = t - *last;
+    if (max_age == 0) {
+        *last = t;
+        return;
+    }
+    uint64_t cap = (uint64_t)sw->fdb.mask + 1;
+    if (dt > 1000000000u)
+        dt = 1000000000u;
+    uint64_t slots = cap * dt / 1000000000u;
+    if (slots == 0)
+        return;     /* too soon for a whole slot: the time adds up */
+    vs_fdb_age_some(sw, max_age, (uint32_t)slots);
+    *last = t;
+}
+
 static void sleep_until_kicked(struct vs_switch *sw)
 {
     struct vs_runner *r = &sw->run;
     struct epoll_event evs[64];
     sw->st.poll_sleeps++;
-    int n = epoll_wait(r->epfd, evs, 64, -1);
+    /* Entries to age: wake once a second for them. */
+    bool aging = __atomic_load_n(&sw->fdb.max_age, __ATOMIC_RELAXED) && sw->fdb.count > 0;
+    int n = epoll_wait(r->epfd, evs, 64, aging ? 1000 : -1);
     for (int i = 0; i < n; i++) {
         uint32_t tag = evs[i].data.u32;
         if (tag == TAG_CTL) {
@@ -146,6 +173,7 @@ int vs_run(struct vs_switch *sw, uint32_t idle_us)
     int rc = rebuild(sw);
     uint64_t idle_ns = (uint64_t)idle_us * 1000u, idle_since = 0;
     uint32_t loops = 0;
+    uint64_t aged = now_ns();
     vs_tick(sw);
     while (rc == 0 && !__atomic_load_n(&r->stop_req, __ATOMIC_ACQUIRE)) {
         if (__atomic_load_n(&r->pause_req, __ATOMIC_ACQUIRE)) {
@@ -158,10 +186,13 @@ int vs_run(struct vs_switch *sw, uint32_t idle_us)
         }
         sw->st.poll_loops++;
         /* Clocks cost more than an empty poll here (tens of ns in a VM):
-         * the MAC table's seconds are refreshed every 256 loops, and the
-         * idle time is looked at on every 16th idle loop only. */
-        if ((++loops & 255) == 0)
+         * the MAC table's seconds are refreshed and a slice of it aged
+         * every 256 loops, and the idle time is looked at on every 16th
+         * idle loop only. */
+        if ((++loops & 255) == 0) {
             vs_tick(sw);
+            age(sw, &aged);
+        }
         int total = 0;
         for (uint32_t k = 0; k < sw->nopen; k++) {
             int n = vs_serve(sw, sw->open_ids[k], RUN_BUDGET, false);
@@ -183,6 +214,7 @@ int vs_run(struct vs_switch *sw, uint32_t idle_us)
         if (!arm_all(sw))
             sleep_until_kicked(sw);
         vs_tick(sw);
+        age(sw, &aged);
         idle_since = 0;
     }
     if (r->epfd >= 0) {

@@ -794,6 +794,7 @@ class Options:
     keep: bool
     ping: bool
     nice: int
+    flood: bool = True
     render: str | None = None
 
 
@@ -968,6 +969,18 @@ class Bench:
                     continue
                 sizes = [small] if name in SCALE else o.sizes
                 await self.run_system(name, rnd, sizes)
+        if o.flood:
+            log("flooding cost against the number of ports (fast path driven directly)")
+            try:
+                import bench_flood
+
+                self.flood_result = await asyncio.to_thread(bench_flood.measure)
+                pts = self.flood_result["points"]
+                per = [f"{p['ports']} ports {p['ns_per_copy']['median']:.0f}" for p in pts]
+                log("  ns per copy: " + ", ".join(per))
+            except Exception as exc:
+                log(f"  FAILED: {type(exc).__name__}: {exc}")
+                self.flood_result = {"error": str(exc)[-3000:]}
         if o.ping:
             log("ping RTT between two QEMU guests through vswitch")
             try:
@@ -1152,7 +1165,7 @@ def _ratio(s: dict[str, float] | None) -> str:
     return f"{s['median']:.2f}× ({s['min']:.2f}–{s['max']:.2f})"
 
 
-def targets(o: Options, summary: dict[str, Any]) -> list[str]:
+def targets(o: Options, summary: dict[str, Any], flood: dict[str, Any] | None = None) -> list[str]:
     """Issue 5's targets against this run's medians (ratios from the same rounds)."""
     rows = []
 
@@ -1176,6 +1189,11 @@ def targets(o: Options, summary: dict[str, Any]) -> list[str]:
             rows.append(
                 f"| {label} | {value:.2f}{unit} | {'met' if value >= want else 'NOT met'} |"
             )
+    if flood and "error" not in flood:
+        worst = max(p["ratio_to_2_ports"] for p in flood["points"])
+        verdict = "met" if worst <= 1.5 else "NOT met"
+        rows.append(f"| flooding: cost per copy flat in ports (≤ 1.5× the 2-port cost) | "
+                    f"{worst:.2f}× at worst | {verdict} |")  # fmt: skip
     cpu = summary["cpu"].get("vswitch")
     for when, key in (("before traffic", "idle"), ("after traffic", "idle_after_traffic")):
         m = cpu and cpu.get(key)
@@ -1238,7 +1256,7 @@ def render(bench: Bench, machine: dict[str, Any], summary: dict[str, Any], argv:
         )
         + ".",
     ]
-    lines += targets(o, summary)
+    lines += targets(o, summary, getattr(bench, "flood_result", None))
     lines += [
         "",
         "## CPU, % of one core",
@@ -1305,6 +1323,14 @@ def render(bench: Bench, machine: dict[str, Any], summary: dict[str, Any], argv:
         f"- 64 ports: the generator's two plus {IDLE_PORTS} ports connected by the test-side "
         "front end, rings set up and 64 receive buffers posted, sending nothing.",
     ]
+    flood = getattr(bench, "flood_result", None)
+    if flood:
+        import bench_flood
+
+        if "error" in flood:
+            lines += ["", f"Flooding cost: failed: {flood['error'][:300]}"]
+        else:
+            lines += bench_flood.render(flood)
     ping = getattr(bench, "ping_result", None)
     if ping:
         lines += ["", "## Latency", ""]
@@ -1364,6 +1390,11 @@ def parse_args(argv: list[str]) -> Options:
         "changes nothing on an idle machine",
     )
     ap.add_argument("--no-ping", action="store_true", help="skip the QEMU ping RTT")
+    ap.add_argument(
+        "--no-flood",
+        action="store_true",
+        help="skip the flooding-cost scale (scripts/bench_flood.py)",
+    )
     ap.add_argument("--out", default=str(ROOT / "docs"), help="where bench.md/bench.json go")
     ap.add_argument(
         "--render",
@@ -1399,6 +1430,7 @@ def parse_args(argv: list[str]) -> Options:
         out=Path(a.out),
         keep=a.keep,
         ping=not a.no_ping,
+        flood=not a.no_flood and not a.quick,
         nice=a.nice,
         render=a.render,
     )
@@ -1450,6 +1482,7 @@ async def amain(opts: Options, argv_text: str) -> int:
         "summary": summary,
         "idle": bench.idle,
         "ping": getattr(bench, "ping_result", None),
+        "flood": getattr(bench, "flood_result", None),
         "rounds": bench.results,
     }
     (opts.out / "bench.json").write_text(json.dumps(doc, indent=1) + "\n")
@@ -1473,6 +1506,8 @@ def rerender(opts: Options) -> int:
     bench.idle = doc["idle"]
     if doc.get("ping") is not None:
         bench.ping_result = doc["ping"]
+    if doc.get("flood") is not None:
+        bench.flood_result = doc["flood"]
     summary = summarize(bench)
     md = render(bench, doc["machine"], summary, doc["command"])
     opts.out.mkdir(parents=True, exist_ok=True)

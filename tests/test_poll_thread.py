@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from virtio_driver import Q_RX, Q_TX, Switch, eth, lib, net_hdr
+from virtio_driver import Q_RX, Q_TX, Switch, eth, lib, mac_int, net_hdr
 
 MA, MB = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
 
@@ -144,3 +144,48 @@ def test_stays_asleep_after_pauses(sw: Switch) -> None:
         time.sleep(0.5)
         assert run.stats()["poll_sleeps"] - sleeps <= 1
         assert run.stats()["poll_loops"] - loops < 100
+
+
+def fdb_macs(sw: Switch) -> set[int]:
+    """The MAC table, read with the thread parked (it may be changing it)."""
+    lib.vs_run_pause(sw.sw)
+    try:
+        return set(sw.fdb())
+    finally:
+        lib.vs_run_resume(sw.sw)
+
+
+def test_thread_ages_the_mac_table_without_parking(sw: Switch) -> None:
+    """With vs_fdb_set_max_age the thread ages entries itself, with no pause
+    from the control plane: asleep (it wakes once a second for it) and busy
+    (a slice of the table every so many loops)."""
+    a, b = sw.port(), sw.port()
+    a.post_rx(64)
+    b.post_rx(64)
+    lib.vs_fdb_set_max_age(sw.sw, 1)
+    with Runner(sw, idle_us=100) as run:
+        a.send(eth(MB, MA, 64), kick=False)
+        os.eventfd_write(a.kick_fds[Q_TX], 1)
+        wait_for(lambda: mac_int(MA) in fdb_macs(sw))
+        wait_for(lambda: mac_int(MA) not in fdb_macs(sw))
+        assert run.stats()["fdb_aged"] == 1
+
+    # Busy: the thread never sleeps (idle_us 2 s) while b talks every 10 ms
+    # and stays; a said one thing and goes.
+    with Runner(sw, idle_us=2_000_000) as run:
+        a.send(eth(MB, MA, 64), kick=False)
+        os.eventfd_write(a.kick_fds[Q_TX], 1)
+        wait_for(lambda: mac_int(MA) in fdb_macs(sw))
+        sleeps = run.stats()["poll_sleeps"]
+        deadline = time.monotonic() + 5
+        while mac_int(MA) in fdb_macs(sw):
+            assert time.monotonic() < deadline, "MA was never aged out"
+            b.tx.reclaim()
+            b.send(eth(MA, MB, 64), kick=False)
+            a.rx.reclaim()
+            if len(a.rx.chains) < 32:
+                a.post_rx(32)
+            time.sleep(0.01)
+        assert mac_int(MB) in fdb_macs(sw)
+        assert run.stats()["fdb_aged"] == 2
+        assert run.stats()["poll_sleeps"] == sleeps

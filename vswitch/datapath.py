@@ -292,6 +292,11 @@ class Datapath:
     def fdb_age(self, max_age: int) -> int:
         return lib.vs_fdb_age(self._sw, max_age)
 
+    def set_thread_max_age(self, max_age: int) -> None:
+        """The poll thread ages the table itself, a slice at a time (0: it does not);
+        no parking needed."""
+        lib.vs_fdb_set_max_age(self._sw, max_age)
+
     @_parked
     def fdb_dump(self) -> list[FdbEntry]:
         n = self.switch_stats()["fdb_entries"]

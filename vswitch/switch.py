@@ -249,11 +249,20 @@ class Switch:
                 port.check()
 
     async def _age(self) -> None:
-        """Ages the MAC table each second; reads mac_age each time, so reload applies at once."""
+        """Ages the MAC table each second.  A poll thread does it itself, a slice at a
+        time, so the data path never parks for it; without one, this does it.  mac_age
+        is read each time, so reload applies at once."""
+        aged = 0
         while True:
             await asyncio.sleep(AGE_INTERVAL)
+            dp = self.dp
+            if dp is None:
+                continue
             max_age = self.config.switch.mac_age
-            if max_age > 0 and self.dp is not None:
-                n = self.dp.fdb_age(max_age)
-                if n:
-                    log.debug("aged out %d MAC address(es)", n)
+            dp.set_thread_max_age(max_age if dp.threaded else 0)
+            if not dp.threaded and max_age > 0:
+                dp.fdb_age(max_age)
+            total = dp.switch_stats()["fdb_aged"]
+            if total > aged:
+                log.debug("aged out %d MAC address(es)", total - aged)
+            aged = total
