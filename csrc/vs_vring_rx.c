@@ -122,8 +122,20 @@ static uint32_t fill(struct vs_port *p, struct vs_vring *vq, const struct rx_pla
         uint32_t nheads = plan[j].head_end - head0;
         struct virtio_net_hdr hdr = {.num_buffers = (uint16_t)nheads};
         uint32_t i = iov0, off = 0;
-        iov_put(p->iov, &i, &off, (const uint8_t *)&hdr, p->hdr_len);
-        iov_put(p->iov, &i, &off, pkt->eth, VS_ETH_HDR);
+        if (__builtin_expect(p->iov[i].len > sizeof(hdr) + VS_ETH_HDR, 1)) {
+            /* Both headers fit the first span: fixed-size copies the
+             * compiler inlines (hdr_len is 10 or 12). */
+            uint8_t *d = p->iov[i].p;
+            if (p->hdr_len == sizeof(hdr))
+                memcpy(d, &hdr, sizeof(hdr));
+            else
+                memcpy(d, &hdr, 10);
+            memcpy(d + p->hdr_len, pkt->eth, VS_ETH_HDR);
+            off = p->hdr_len + VS_ETH_HDR;
+        } else {
+            iov_put(p->iov, &i, &off, (const uint8_t *)&hdr, p->hdr_len);
+            iov_put(p->iov, &i, &off, pkt->eth, VS_ETH_HDR);
+        }
         for (uint32_t s = 0; s < pkt->nseg; s++)
             iov_put(p->iov, &i, &off, pkt->seg[s].p, pkt->seg[s].len);
 

@@ -52,7 +52,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # vswitch; the test-side front end
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # vswitch; the test-side front end, testpmd
+
+from testpmd import PROMPT, TestpmdConsole  # noqa: E402
 
 GEN_CORE = 0  # the generator's forwarding lcore
 SUT_CORE = 1  # the switch under test (whole process), and the generator's main lcore
@@ -273,47 +275,21 @@ class CpuMeter:
 
 # --------------------------------------------------------------------------- testpmd
 
-PROMPT = b"testpmd> "
+class TestPmd(TestpmdConsole):
+    """dpdk-testpmd as one of the bench's children: stdout line-buffered
+    (stdbuf -oL), stdin kept open for commands (tests/testpmd.py), in its own
+    session, at --nice, optionally pinned."""
 
-
-def parse_port_stats(text: str) -> dict[int, dict[str, int]]:
-    out: dict[int, dict[str, int]] = {}
-    for block in re.split(r"#+ NIC statistics for port", text)[1:]:
-        m = re.match(r"\s*(\d+)", block)
-        if not m:
-            continue
-        vals = {}
-        for key, name in (
-            ("RX-packets", "rx_packets"),
-            ("RX-missed", "rx_missed"),
-            ("RX-bytes", "rx_bytes"),
-            ("RX-errors", "rx_errors"),
-            ("RX-nombuf", "rx_nombuf"),
-            ("TX-packets", "tx_packets"),
-            ("TX-errors", "tx_errors"),
-            ("TX-bytes", "tx_bytes"),
-        ):
-            v = re.search(re.escape(key) + r":\s+(\d+)", block)
-            vals[name] = int(v.group(1)) if v else 0
-        out[int(m.group(1))] = vals
-    return out
-
-
-class TestPmd:
-    """dpdk-testpmd driven over a pipe: stdout line-buffered (stdbuf -oL),
-    stdin kept open for commands."""
+    error = BenchError
 
     def __init__(self, kids: Children, name: str, eal: list[str], app: list[str],
                  cpus: str | None = None) -> None:  # fmt: skip
+        super().__init__(name, kids.work / f"{name}.log")
         self.kids = kids
-        self.name = name
         self.argv = ["stdbuf", "-oL"]
         if cpus is not None:
             self.argv += ["taskset", "-c", cpus]
         self.argv += ["dpdk-testpmd", *eal, "--", "-i", *app]
-        self.proc: asyncio.subprocess.Process | None = None
-        self.out = bytearray()
-        self._reader: asyncio.Task[None] | None = None
 
     @property
     def pid(self) -> int:
@@ -321,60 +297,20 @@ class TestPmd:
         return self.proc.pid
 
     async def start(self, timeout: float = 60) -> None:
-        (self.kids.work / f"{self.name}.log").write_text(" ".join(self.argv) + "\n")
-        self.proc = await self.kids.spawn(self.name, self.argv, pipe=True, nice=True)
-        self._reader = asyncio.create_task(self._read())
+        self.log.write_text(" ".join(self.argv) + "\n")
+        self.attach(await self.kids.spawn(self.name, self.argv, pipe=True, nice=True))
         await self.wait_for(PROMPT, timeout)
 
-    async def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        with open(self.kids.work / f"{self.name}.log", "ab") as f:
-            while chunk := await self.proc.stdout.read(65536):
-                self.out += chunk
-                f.write(chunk)
-                f.flush()
-
-    async def wait_for(self, marker: bytes, timeout: float, start: int = 0) -> int:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while (i := self.out.find(marker, start)) < 0:
-            if self.proc is None or self.proc.returncode is not None:
-                raise BenchError(f"{self.name} exited:\n{self.tail()}")
-            if loop.time() > deadline:
-                raise BenchError(f"{self.name}: no {marker!r} within {timeout}s:\n{self.tail()}")
-            await asyncio.sleep(0.02)
-        return i + len(marker)
-
-    async def cmd(self, line: str, timeout: float = 30) -> str:
-        assert self.proc is not None and self.proc.stdin is not None
-        start = len(self.out)
-        self.proc.stdin.write(line.encode() + b"\n")
-        await self.proc.stdin.drain()
-        end = await self.wait_for(PROMPT, timeout, start)
-        return self.out[start:end].decode(errors="replace")
-
     async def stats(self) -> tuple[float, dict[int, dict[str, int]]]:
-        text = await self.cmd("show port stats all")
-        return time.monotonic(), parse_port_stats(text)
-
-    def tail(self, n: int = 30) -> str:
-        return "\n".join(self.out.decode(errors="replace").splitlines()[-n:])
+        stats = await self.port_stats()
+        return time.monotonic(), stats
 
     async def stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.returncode is None:
-            try:
-                assert self.proc.stdin is not None
-                self.proc.stdin.write(b"quit\n")
-                await self.proc.stdin.drain()
-                await asyncio.wait_for(self.proc.wait(), 20)
-            except (TimeoutError, BrokenPipeError, ConnectionResetError):
-                pass
+        await self.quit(20)
         await self.kids.stop(self.proc, signal.SIGKILL, 10)
-        if self._reader is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._reader, 5)
+        await self.reader_done()
 
 
 def eal_common(prefix: str, mem_mb: int = 512) -> list[str]:
