@@ -1423,12 +1423,45 @@ async def amain(opts: Options, argv_text: str) -> int:
     }
     (opts.out / "bench.json").write_text(json.dumps(doc, indent=1) + "\n")
     (opts.out / "bench.md").write_text(md)
+    update_readme(md, opts.out)
     print()
     print(md)
     log(f"wrote {opts.out / 'bench.md'} and {opts.out / 'bench.json'} "
         f"in {machine['duration_s']} s")  # fmt: skip
     bad = [r for r in bench.results if "error" in r and not (opts.quick and r["system"] == "ovs")]
     return 1 if bad else 0
+
+
+README = ROOT / "README.md"
+README_START = "<!-- scripts/bench: latest table -->"
+README_END = "<!-- end of scripts/bench table -->"
+
+
+def update_readme(md: str, out: Path) -> None:
+    """The README shows the latest run's forwarding and targets tables, between
+    its markers, when the report went to docs/ (a run elsewhere leaves it)."""
+    if out.resolve() != (ROOT / "docs").resolve() or not README.exists():
+        return
+    text = README.read_text()
+    if README_START not in text or README_END not in text:
+        log(f"README.md has no {README_START!r} marker: not updated")
+        return
+    keep: list[str] = []
+    lines = md.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("- Date:") or line.startswith("- Machine:"):
+            keep.append(line)
+        if line.startswith("## Forwarding rate") or line.startswith("## Targets"):
+            keep += ["", "#" + line]  # one level down in the README
+            for nxt in lines[i + 1 :]:
+                if nxt.startswith("## "):
+                    break
+                keep.append(nxt)
+    head, rest = text.split(README_START, 1)
+    tail = rest.split(README_END, 1)[1]
+    body = "\n".join(keep).strip()
+    README.write_text(f"{head}{README_START}\n{body}\n\n{README_END}{tail}")
+    log("README.md: latest table updated")
 
 
 def rerender(opts: Options) -> int:
@@ -1448,6 +1481,7 @@ def rerender(opts: Options) -> int:
     md = render(bench, doc["machine"], summary, doc["command"])
     opts.out.mkdir(parents=True, exist_ok=True)
     (opts.out / "bench.md").write_text(md)
+    update_readme(md, opts.out)
     print(md)
     return 0
 
