@@ -8,7 +8,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "vs_internal.h"
 
@@ -209,9 +208,7 @@ void vs_fdb_set_max_age(struct vs_switch *sw, uint32_t max_age)
     if (__atomic_exchange_n(&sw->fdb.max_age, max_age, __ATOMIC_RELAXED) == max_age)
         return;
     /* A thread asleep with no timeout must look again at how long to sleep. */
-    uint64_t one = 1;
-    if (sw->run.ctl_fd >= 0)
-        (void)!write(sw->run.ctl_fd, &one, sizeof(one));
+    vs_run_wake(sw);
 }
 
 uint32_t vs_fdb_age_some(struct vs_switch *sw, uint32_t max_age, uint32_t n)

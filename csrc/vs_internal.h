@@ -252,17 +252,19 @@ bool vs_vring_complete(struct vs_port *p, struct vs_vring *vq, uint32_t consumed
  * any were). */
 uint32_t vs_vring_enqueue(struct vs_port *p, struct vs_vring *vq, struct vs_pkt **pkts, uint32_t n);
 
-/* Neither interrupts the guest: the switch notes the ring (signal_due) and
- * vs_flush_signals fences once for every ring the loop touched, instead of
- * once per ring and burst, then interrupts the guests that want it. */
-
 /* vs_run.c */
 int vs_run_init(struct vs_switch *sw);
 void vs_run_destroy(struct vs_switch *sw);
+/* Wakes the loop to look at its state again (no pause). */
+void vs_run_wake(struct vs_switch *sw);
 
 /* vs_switch.c */
 void vs_tick(struct vs_switch *sw);
 int vs_serve(struct vs_switch *sw, uint32_t port, uint32_t budget, bool arm);
+/* vs_vring_complete and vs_vring_enqueue do not interrupt the guest: the
+ * switch notes each ring they published (signal_due), and this fences once
+ * for every ring the loop touched, instead of once per ring and burst, then
+ * interrupts the guests that want it. */
 void vs_flush_signals(struct vs_switch *sw);
 
 /* vs_capture.c */

@@ -90,6 +90,23 @@ static inline int desc_next(struct vs_port *p, struct desc_iter *it, struct vrin
     }
 }
 
+/* The next span of guest memory a descriptor covers, from *addr with
+ * *left bytes to go: its length in *len, and *addr and *left moved past
+ * it.  NULL, and the ring broken with why, if it lies outside guest memory. */
+static inline uint8_t *desc_span(struct vs_port *p, uint64_t *addr, uint64_t *left,
+                                 uint64_t *len, const char *why)
+{
+    *len = *left;
+    uint8_t *h = vs_gpa_to_host(&p->mem, *addr, len);
+    if (!h) {
+        vs_port_break(p, why);
+        return NULL;
+    }
+    *addr += *len;
+    *left -= *len;
+    return h;
+}
+
 static inline void put_used(struct vs_vring *vq, uint16_t idx, uint32_t id, uint32_t len)
 {
     struct vring_used_elem *e = &vq->used->ring[idx & (vq->num - 1)];

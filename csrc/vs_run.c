@@ -247,6 +247,12 @@ void vs_run_resume(struct vs_switch *sw)
     efd_write(r->ctl_fd);
 }
 
+void vs_run_wake(struct vs_switch *sw)
+{
+    if (sw->run.ctl_fd >= 0)
+        efd_write(sw->run.ctl_fd);
+}
+
 void vs_run_stop(struct vs_switch *sw)
 {
     struct vs_runner *r = &sw->run;

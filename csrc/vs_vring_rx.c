@@ -29,17 +29,13 @@ static int rx_chain_iov(struct vs_port *p, struct vs_vring *vq, uint16_t head, u
         uint64_t addr = d.addr;
         uint64_t left = d.len;
         while (left > 0) {
-            uint64_t len = left;
-            uint8_t *h = vs_gpa_to_host(&p->mem, addr, &len);
-            if (!h) {
-                vs_port_break(p, "RX descriptor outside guest memory");
+            uint64_t len;
+            uint8_t *h = desc_span(p, &addr, &left, &len, "RX descriptor outside guest memory");
+            if (!h)
                 return -EFAULT;
-            }
             if (*niov >= VS_MAX_IOV)
                 return -ENOBUFS;
             p->iov[(*niov)++] = (struct vs_iov){h, (uint32_t)len};
-            addr += len;
-            left -= len;
         }
         *cap += d.len;
     }

@@ -45,14 +45,11 @@ static int walk_tx_chain(struct vs_port *p, struct vs_vring *vq, uint16_t head,
         uint64_t addr = d.addr;
         uint64_t left = d.len;
         while (left > 0) {
-            uint64_t len = left;
-            const uint8_t *src = vs_gpa_to_host(&p->mem, addr, &len);
-            if (!src) {
-                vs_port_break(p, "TX descriptor outside guest memory");
+            uint64_t len;
+            const uint8_t *src = desc_span(p, &addr, &left, &len,
+                                           "TX descriptor outside guest memory");
+            if (!src)
                 return -EFAULT;
-            }
-            addr += len;
-            left -= len;
             /* Keep the first limit bytes (the header stays checkable), but
              * walk and check the whole chain. */
             if (len > limit - got) {

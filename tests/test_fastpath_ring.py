@@ -27,6 +27,7 @@ from virtio_driver import (
     eth,
     features_id,
     lib,
+    mac_int,
     net_hdr,
 )
 
@@ -459,3 +460,34 @@ def test_buffers_are_used_in_the_order_they_were_made_available(sw: Switch) -> N
     got = b.received()
     assert [len(r.frame) for r in got] == [100, 1400, 60, 64]
     assert [u.id for r in got for u in r.buffers] == rx_heads[:5]
+
+
+@pytest.mark.parametrize("features", [F_VERSION_1, F_VERSION_1 | F_EVENT_IDX],
+                         ids=["flags", "event-idx"])  # fmt: skip
+def test_rx_rings_ask_for_no_kicks(sw: Switch, features: int) -> None:
+    """Nothing waits for RX buffers, so the switch tells the guest not to
+    kick for them: NO_NOTIFY on the RX ring; with EVENT_IDX an avail_event
+    that never moves (at most one kick per 65536 buffers)."""
+    a = sw.port(features=features)
+    a.post_rx(16)
+    if features & F_EVENT_IDX:
+        assert a.rx.avail_event == 0 and a.rx.used_flags == 0
+    else:
+        assert a.rx.used_flags & USED_F_NO_NOTIFY
+        assert not a.tx.used_flags & USED_F_NO_NOTIFY  # TX still wants kicks when idle
+
+
+def test_a_move_inside_a_burst_reaches_the_next_frame(sw: Switch) -> None:
+    """The burst remembers its last lookup; a source learned later in the
+    same burst that moves that address must not be forwarded on the stale
+    answer (here: X moves to a, so a frame from a to X stays on a)."""
+    a, b, c = sw.port(), sw.port(), sw.port()
+    for p in (a, b, c):
+        p.post_rx(8)
+    mx = "02:00:00:00:00:0c"
+    assert c.send(eth(MB, mx, 64)) == 1  # X is on c
+    b.received()
+    a.received()
+    assert a.send(eth(mx, MA, 64), eth(mx, mx, 65)) == 2
+    assert [len(f) for f in c.frames()] == [64]
+    assert sw.fdb()[mac_int(mx)][0] == a.id
