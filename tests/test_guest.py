@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import need, need_tool
 
-from vswitch.guest import ExecResult, Guest, GuestError, GuestTimeoutError, Nic
+from vswitch.guest import ExecResult, Guest, GuestError, GuestTimeoutError, Nic, _b64
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "scripts" / "build-guest-image"
@@ -149,6 +149,23 @@ async def test_guest_lifecycle(guest_image: Path, tmp_path: Path) -> None:
         assert r.stdout.strip() == "0"
         results = await asyncio.gather(*(g.exec(f"sleep 0.5; echo {i}") for i in range(4)))
         assert [x.stdout for x in results] == [f"{i}\n" for i in range(4)]
+
+        # A command line that arrives in two pieces, with another command finishing in
+        # between, is still read whole. The agent was a busybox `while read` loop, whose
+        # read drops what it has of a line when SIGCHLD interrupts it: lab pings that
+        # followed each other closely hung now and then.
+        first = asyncio.ensure_future(g.exec("sleep 1; echo first"))
+        await asyncio.sleep(0.3)  # its EXEC goes out before the split line starts
+        rid = g._next_id()
+        second: asyncio.Future[ExecResult] = asyncio.get_running_loop().create_future()
+        g._pending[rid] = second
+        assert g._writer is not None
+        line = f"\nVSW1 EXEC {rid} {_b64('echo second')}\n".encode()
+        g._writer.write(line[:12])
+        assert (await first).stdout == "first\n"
+        await asyncio.sleep(0.5)  # the agent process that ran it has exited by now
+        g._writer.write(line[12:])
+        assert (await asyncio.wait_for(second, 20)).stdout == "second\n"
 
         boot = g.boot_id
         t0 = time.monotonic()
