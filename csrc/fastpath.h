@@ -172,12 +172,14 @@ void vs_capture_stop(struct vs_switch *sw, uint32_t port);
 uint32_t vs_capture_read(struct vs_switch *sw, uint32_t port, uint8_t *buf, uint32_t max);
 
 /* The poll thread (adaptive polling, like NAPI).  vs_run() serves every
- * port in a busy loop while frames flow, and after idle_us without any
- * sleeps in epoll on the kick eventfds and tap fds until one fires.  It
+ * port in a busy loop while frames flow (a loop that moved fewer than 8
+ * frames waits linger_ns before the next, so bursts form), and after
+ * idle_us without any sleeps in epoll on the kick eventfds and tap fds
+ * until one fires.  It
  * returns after vs_run_stop().  While it runs, every other call except the
  * counters and vs_capture_read must happen between vs_run_pause() (which
  * returns once the loop is parked) and vs_run_resume(). */
-int vs_run(struct vs_switch *sw, uint32_t idle_us);
+int vs_run(struct vs_switch *sw, uint32_t idle_us, uint32_t linger_ns);
 void vs_run_pause(struct vs_switch *sw);
 void vs_run_resume(struct vs_switch *sw);
 void vs_run_stop(struct vs_switch *sw);

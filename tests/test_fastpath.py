@@ -438,7 +438,7 @@ class _Runner:
         self.thread.start()
 
     def _run(self, idle_us: int) -> None:
-        self.rc = lib.vs_run(self.sw.sw, idle_us)
+        self.rc = lib.vs_run(self.sw.sw, idle_us, 1000)
 
     def stop(self) -> int | None:
         lib.vs_run_stop(self.sw.sw)
@@ -501,7 +501,7 @@ def _poll_thread_busy_scenario() -> None:
         ports(sw, 1)
         run = _Runner(sw, idle_us=100)
         assert wait_for(lambda: sw.stats()["poll_loops"] > 0)
-        assert lib.vs_run(sw.sw, 100) == -errno.EBUSY
+        assert lib.vs_run(sw.sw, 100, 1000) == -errno.EBUSY
         assert run.stop() == 0
 
 

@@ -230,10 +230,14 @@ async def test_poll_idle_and_control_mode_apply_and_no_change_is_quiet(tmp_path:
                 tmp_path,
                 [port(tmp_path, "a"), port(tmp_path, "b")],
                 control_mode="0660",
-                switch={"poll_idle_us": 50, "datapath": "loop"},
+                switch={"poll_idle_us": 50, "poll_linger_ns": 0, "datapath": "loop"},
             )
             r = await sw.reload()
-            assert r["changes"] == ["switch.poll_idle_us 100 -> 50", "control_mode 0660"]
+            assert r["changes"] == [
+                "switch.poll_idle_us 100 -> 50",
+                "switch.poll_linger_ns 1000 -> 0",
+                "control_mode 0660",
+            ]
             assert r["warnings"] == [
                 "switch.datapath thread -> loop not applied: the data path mode is chosen at "
                 "start; restart vswitch to change it"

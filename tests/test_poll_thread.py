@@ -20,13 +20,13 @@ def thread_cpu_seconds(tid: int) -> float:
 
 
 class Runner:
-    def __init__(self, sw: Switch, idle_us: int = 100) -> None:
+    def __init__(self, sw: Switch, idle_us: int = 100, linger_ns: int = 1000) -> None:
         self.sw = sw
         self.rc: int | None = None
-        self.thread = threading.Thread(target=self._run, args=(idle_us,), daemon=True)
+        self.thread = threading.Thread(target=self._run, args=(idle_us, linger_ns), daemon=True)
 
-    def _run(self, idle_us: int) -> None:
-        self.rc = lib.vs_run(self.sw.sw, idle_us)
+    def _run(self, idle_us: int, linger_ns: int) -> None:
+        self.rc = lib.vs_run(self.sw.sw, idle_us, linger_ns)
 
     def __enter__(self) -> Runner:
         self.thread.start()
@@ -110,6 +110,30 @@ def test_no_kicks_while_busy(sw: Switch) -> None:
         assert a.tx.used_flags & 1  # busy: the guest need not kick
         wait_for(lambda: run.stats()["poll_sleeps"] >= 1, timeout=5)
         assert not a.tx.used_flags & 1  # asleep: kicks wanted
+
+
+def test_lingers_so_frames_form_bursts(sw: Switch) -> None:
+    """A loop that moved fewer than 8 frames waits linger_ns before the next,
+    so frames a guest adds one by one are taken in bursts, not one per poll
+    (a switch and a guest trading single frames run at a fraction of their
+    speed).  Without the wait the loop polls many times per frame."""
+    a, b = sw.port(), sw.port()
+    frames = 200
+    loops, bound = {}, 0.0
+    for linger_ns in (0, 1_000_000):
+        b.post_rx(frames)
+        with Runner(sw, idle_us=2_000_000, linger_ns=linger_ns) as run:
+            wait_for(lambda: run.stats()["poll_loops"] > 0)
+            before, t0 = run.stats()["poll_loops"], time.monotonic()
+            for _ in range(frames):
+                a.tx.add_tx(eth(MB, MA, 64), net_hdr(12))
+            wait_for(lambda: b.rx.pending_used() >= frames)
+            loops[linger_ns] = run.stats()["poll_loops"] - before
+            bound = (time.monotonic() - t0) / 1e-3 + 2  # a loop per millisecond at most
+        assert len(b.received()) == frames
+        assert len(a.tx.reclaim()) == frames
+    assert loops[1_000_000] <= bound, (loops, bound)
+    assert loops[0] > 10 * loops[1_000_000], loops
 
 
 def test_pause_resume_storm(sw: Switch) -> None:

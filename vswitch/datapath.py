@@ -104,9 +104,10 @@ class Datapath:
     def threaded(self) -> bool:
         return self._thread is not None
 
-    def start_thread(self, idle_us: int = 100) -> None:
+    def start_thread(self, idle_us: int = 100, linger_ns: int = 1000) -> None:
         def run() -> None:
-            self._thread_rc = lib.vs_run(self._sw, idle_us)  # the GIL is released inside
+            # the GIL is released inside
+            self._thread_rc = lib.vs_run(self._sw, idle_us, linger_ns)
 
         self._thread = threading.Thread(target=run, name="vswitch-poll", daemon=True)
         self._thread.start()

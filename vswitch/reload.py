@@ -6,11 +6,11 @@ without touching what did not change.
   `mtu` and the socket file's `socket_mode` / `owner` / `group`; anything else (a new
   `path`, `type` or vhost `mode`) restarts that port: its guest sees the link go down and
   must reconnect.
-- `switch.mac_age` and `switch.log_level` apply at once; `switch.poll_idle_us` restarts
-  the poll thread (frames wait microseconds, none is lost).  `switch.fdb_size` and
-  `switch.datapath` are not applied: the MAC table and the data path mode are fixed at
-  start (replacing the table would forget every address on every port); the reload says
-  so and keeps the old values, and a restart applies them.
+- `switch.mac_age` and `switch.log_level` apply at once; `switch.poll_idle_us` and
+  `poll_linger_ns` restart the poll thread (frames wait microseconds, none is lost).
+  `switch.fdb_size` and `switch.datapath` are not applied: the MAC table and the data
+  path mode are fixed at start (replacing the table would forget every address on every
+  port); the reload says so and keeps the old values, and a restart applies them.
 - `metrics.listen` restarts the metrics server; `control_mode` is applied to the socket
   file; a new `control` path needs a restart (the reload is answered on the old one).
 
@@ -272,11 +272,11 @@ def _apply_switch(sw: Switch, plan: Plan) -> Any:
                 _note(plan, text)
             else:
                 _warn(plan, f"{text} not applied: --log-level on the command line wins")
-        elif f == "poll_idle_us" and sw.dp.threaded:
+        elif f in ("poll_idle_us", "poll_linger_ns") and sw.dp.threaded:
             sw.dp.stop_thread()
-            sw.dp.start_thread(b)
+            sw.dp.start_thread(new.poll_idle_us, new.poll_linger_ns)
             _note(plan, text)
-        elif f == "poll_idle_us":
+        elif f in ("poll_idle_us", "poll_linger_ns"):
             _note(plan, text + " (unused with datapath: loop)")
         else:
             keep[f] = a

@@ -62,7 +62,7 @@ class Switch:
         self.dp = Datapath(cfg.switch.fdb_size)
         if cfg.switch.datapath == "thread":
             # Before any port exists, so no session ever watches kicks itself.
-            self.dp.start_thread(cfg.switch.poll_idle_us)
+            self.dp.start_thread(cfg.switch.poll_idle_us, cfg.switch.poll_linger_ns)
             self._timers.append(asyncio.create_task(self._watch_rings(), name="ring watch"))
         for pc in cfg.ports:
             await self.add_port(pc)
