@@ -1,0 +1,318 @@
+"""The report: the summary of the rounds (summarize), bench.md (render, targets)
+and the README's copy of its latest tables (update_readme)."""
+
+# The report's en dashes and multiplication signs are meant.
+# ruff: noqa: RUF001
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import IDLE_PORTS, LABEL, LEARN_MACS, ROOT, SCALE, SYSTEMS
+from .procs import log
+
+if TYPE_CHECKING:
+    from .runner import Bench, Options
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _stats(vals: list[float]) -> dict[str, float] | None:
+    if not vals:
+        return None
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
+
+
+def summarize(bench: Bench) -> dict[str, Any]:
+    ok = [r for r in bench.results if "pps" in r]
+    by: dict[tuple[str, int], dict[int, float]] = {}
+    for r in ok:
+        by.setdefault((r["system"], r["size"]), {})[r["round"]] = r["pps"]
+    sizes = bench.opts.sizes
+    summary: dict[str, Any] = {"pps": {}, "ratios": {}, "scale": {}, "cpu": {}}
+    for (system, size), rounds in sorted(by.items()):
+        summary["pps"].setdefault(str(size), {})[system] = _stats(list(rounds.values()))
+    summary["frame_size_check"] = [
+        f"round {r['round']}, {r['system']}, {r['size']} B: {where} saw {r[key]} B frames, "
+        f"not {r['size'] - 4}"
+        for r in ok
+        for where, key in (
+            ("testpmd", "frame_bytes_at_generator"),
+            ("vswitch", "frame_bytes_at_switch"),
+        )
+        if key in r and abs(r[key] - (r["size"] - 4)) > 0.5
+    ]
+    base = "vswitch"
+    for size in sizes:
+        mine = by.get((base, size), {})
+        for other in ("testpmd", "ovs"):
+            theirs = by.get((other, size), {})
+            ratios = [mine[r] / theirs[r] for r in mine if r in theirs and theirs[r] > 0]
+            summary["ratios"].setdefault(str(size), {})[f"vswitch/{other}"] = _stats(ratios)
+    small = min(sizes)
+    for scale in SCALE:
+        mine = by.get((base, small), {})
+        theirs = by.get((scale, small), {})
+        ratios = [theirs[r] / mine[r] for r in theirs if r in mine and mine[r] > 0]
+        summary["scale"][scale] = {"size": small, "pps": _stats(list(theirs.values())),
+                                   f"ratio_to_{base}": _stats(ratios)}  # fmt: skip
+    for system in SYSTEMS:
+        idle = bench.idle.get(system, {})
+        mine = [r for r in ok if r["system"] == system]
+        if not mine:
+            continue
+
+        def med(key: str, mine: list[dict[str, Any]] = mine) -> float:
+            vals = [r[key]["stat"] if isinstance(r[key], dict) else r[key] for r in mine]
+            return statistics.median(vals)
+
+        summary["cpu"][system] = {
+            "idle": idle.get("idle_cpu"),
+            "idle_after_traffic": idle.get("idle_after_cpu"),
+            "idle_poll": idle.get("idle_switch"),
+            "idle_after_poll": idle.get("idle_after_switch"),
+            "load_median": med("load_cpu"),
+            "generator_median": med("generator_cpu"),
+            "machine_median": med("machine_cpu"),
+        }
+    return summary
+
+
+def _mpps(s: dict[str, float] | None) -> str:
+    if not s:
+        return "—"
+    return f"{s['median'] / 1e6:.2f} ({s['min'] / 1e6:.2f}–{s['max'] / 1e6:.2f})"
+
+
+def _ratio(s: dict[str, float] | None) -> str:
+    if not s:
+        return "—"
+    return f"{s['median']:.2f}× ({s['min']:.2f}–{s['max']:.2f})"
+
+
+def targets(o: Options, summary: dict[str, Any], flood: dict[str, Any] | None = None) -> list[str]:
+    """Issue 5's targets against this run's medians (ratios from the same rounds)."""
+    rows = []
+
+    def ratio(size: int, key: str) -> float | None:
+        r = summary["ratios"].get(str(size), {}).get(key)
+        return r["median"] if r else None
+
+    def scale(name: str) -> float | None:
+        r = summary["scale"].get(name, {}).get("ratio_to_vswitch")
+        return r["median"] if r else None
+
+    checks: list[tuple[str, float | None, float, str]] = [
+        ("64 B: vswitch/OVS-DPDK ≥ 1.0×", ratio(64, "vswitch/ovs"), 1.0, "×"),
+        ("64 B: vswitch/testpmd ≥ 0.9× (aim 1.1×)", ratio(64, "vswitch/testpmd"), 0.9, "×"),
+        ("1518 B: vswitch/testpmd ≥ 0.9×", ratio(1518, "vswitch/testpmd"), 0.9, "×"),
+        ("100k learned MACs ≥ 0.9× the 2-MAC rate", scale("vswitch-100kmac"), 0.9, "×"),
+        ("64 ports (62 idle) ≥ 0.9× the 2-port rate", scale("vswitch-64port"), 0.9, "×"),
+    ]
+    for label, value, want, unit in checks:
+        if value is not None:
+            rows.append(
+                f"| {label} | {value:.2f}{unit} | {'met' if value >= want else 'NOT met'} |"
+            )
+    if flood and "error" not in flood:
+        worst = max(p["ratio_to_2_ports"] for p in flood["points"])
+        verdict = "met" if worst <= 1.5 else "NOT met"
+        rows.append(f"| flooding: cost per copy flat in ports (≤ 1.5× the 2-port cost) | "
+                    f"{worst:.2f}× at worst | {verdict} |")  # fmt: skip
+    cpu = summary["cpu"].get("vswitch")
+    for when, key in (("before traffic", "idle"), ("after traffic", "idle_after_traffic")):
+        m = cpu and cpu.get(key)
+        if m:
+            ok = m["stat"] < 1.0
+            rows.append(f"| vswitch idle {when} < 1 % of a core | {m['stat']:.1f} % | "
+                        f"{'met' if ok else 'NOT met'} |")  # fmt: skip
+    if not rows:
+        return []
+    return ["", "## Targets (issue 5), from this run", "", "| Target | Measured (median) | |",
+            "|---|---|---|", *rows]  # fmt: skip
+
+
+def render(bench: Bench, machine: dict[str, Any], summary: dict[str, Any], argv: str) -> str:
+    o = bench.opts
+    v = machine["versions"]
+    commit = (machine["commit"] or "?")[:10] + (
+        " (uncommitted changes)" if machine["dirty"] else ""
+    )
+    lines = [
+        "# Benchmark: vswitch against DPDK testpmd and OVS-DPDK",
+        "",
+        "Written by `scripts/bench` (issue 5); do not edit by hand. Raw rounds: "
+        "[bench.json](bench.json).",
+        "",
+        f"- Date: {machine['date']}; command: `{argv}`",
+        f"- Machine: {machine['cpu_model']}, {machine['cpus']} cores"
+        f"{' (' + machine['hypervisor'] + ' guest)' if machine.get('hypervisor') else ''}, "
+        f"kernel {machine['kernel']}, {machine['memory_mb']} MB",
+        f"- Versions: vswitch {v['vswitch']} at {commit}; DPDK {v['dpdk']}; "
+        f"Open vSwitch {v['openvswitch-switch-dpdk']}; QEMU {v['qemu-system-x86']}",
+        f"- {o.rounds} round(s), interleaved; {o.seconds:g} s measured after {o.warmup:g} s "
+        "warm-up; one forwarding core per switch (core 1), the generator's on core 0"
+        + (f"; switches and generator at nice {o.nice}" if o.nice else "")
+        + f"; load average at the start {machine.get('loadavg', '?')}.",
+        "",
+        "## Forwarding rate (PVP loop), Mpps: median (min–max over rounds)",
+        "",
+        "| Frame | vswitch | testpmd io-fwd | OVS-DPDK | vswitch/testpmd | vswitch/OVS |",
+        "|---|---|---|---|---|---|",
+    ]
+    for size in o.sizes:
+        p = summary["pps"].get(str(size), {})
+        r = summary["ratios"].get(str(size), {})
+        lines.append(
+            f"| {size} B | {_mpps(p.get('vswitch'))} | {_mpps(p.get('testpmd'))} | "
+            f"{_mpps(p.get('ovs'))} | {_ratio(r.get('vswitch/testpmd'))} | "
+            f"{_ratio(r.get('vswitch/ovs'))} |"
+        )
+    lines += [
+        "",
+        "Ratios are medians of per-round ratios (same round, minutes apart at most). Frame "
+        "sizes include the 4-byte FCS that virtio does not carry: the generator sends "
+        "SIZE-4 bytes (`--txpkts`), checked each time against testpmd's RX bytes/packets and "
+        "vswitch's own counters"
+        + (
+            ": " + "; ".join(summary["frame_size_check"])
+            if summary["frame_size_check"]
+            else " (all matched)"
+        )
+        + ".",
+    ]
+    lines += targets(o, summary, getattr(bench, "flood_result", None))
+    lines += [
+        "",
+        "## CPU, % of one core",
+        "",
+        f"| Switch | idle: ports up, no traffic yet ({o.idle:g} s) | idle: after traffic "
+        "stopped | under load | generator, under load | whole machine, under load |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def pct(m: dict[str, float] | None) -> str:
+        return "—" if not m else f"{m['stat']:.1f} %"
+
+    for system in SYSTEMS:
+        c = summary["cpu"].get(system)
+        if not c:
+            continue
+        lines.append(
+            f"| {LABEL[system]} | {pct(c['idle'])} | {pct(c['idle_after_traffic'])} | "
+            f"{c['load_median']:.0f} % | {c['generator_median']:.0f} % | "
+            f"{c['machine_median']:.0f} % of {100 * (machine['cpus'] or 1)} % |"
+        )
+    lines += [
+        "",
+        "The switch's CPU is utime+stime of its process from /proc/PID/stat over the interval "
+        "(all threads; for OVS, ovs-vswitchd). Under load: medians over every measurement. "
+        "The generator and whole-machine columns show how much of the machine the loop got: "
+        "this machine is shared, and a starved generator caps every switch alike.",
+    ]
+    for system in ("vswitch", *SCALE):
+        c = summary["cpu"].get(system)
+        if not c:
+            continue
+        for when, key, m in (
+            ("before traffic", "idle_poll", c["idle"]),
+            ("after traffic", "idle_after_poll", c["idle_after_traffic"]),
+        ):
+            d = c.get(key)
+            if d and m:
+                sec = m["seconds"]
+                lines.append(
+                    f"- {LABEL[system]}, idle {when}: the poll thread went to sleep "
+                    f"{d['poll_sleeps'] / sec:,.0f} times/s and ran {d['poll_loops'] / sec:,.0f} "
+                    "busy-poll loops/s."
+                )
+    lines += [
+        "",
+        f"## Scale ({min(o.sizes)} B frames)",
+        "",
+        "| Case | Mpps | ratio to vswitch with 2 ports, same round |",
+        "|---|---|---|",
+    ]
+    for scale in SCALE:
+        s = summary["scale"].get(scale)
+        if not s or not s["pps"]:
+            continue
+        lines.append(f"| {LABEL[scale]} | {_mpps(s['pps'])} | {_ratio(s['ratio_to_vswitch'])} |")
+    lines += [
+        "",
+        f"- 100k learned MACs: before the generator attaches, a third port (driven by the "
+        f"test-side front end, tests/vhost_frontend.py) sends one frame from each of "
+        f"{LEARN_MACS:,} source MACs; the fast path learns them as dynamic entries "
+        "(fdb_size 262144, mac_age 300 s, so the 1 Hz aging pass walks them all during the "
+        "run). The generator's two MACs carry the traffic.",
+        f"- 64 ports: the generator's two plus {IDLE_PORTS} ports connected by the test-side "
+        "front end, rings set up and 64 receive buffers posted, sending nothing.",
+    ]
+    flood = getattr(bench, "flood_result", None)
+    if flood:
+        import bench_flood
+
+        if "error" in flood:
+            lines += ["", f"Flooding cost: failed: {flood['error'][:300]}"]
+        else:
+            lines += bench_flood.render(flood)
+    ping = getattr(bench, "ping_result", None)
+    if ping:
+        lines += ["", "## Latency", ""]
+        if "error" in ping:
+            lines.append(
+                f"Ping between two QEMU guests through vswitch failed: {ping['error'][:300]}"
+            )
+        else:
+            lines.append(
+                f"Ping RTT between two QEMU guests (TCG, no KVM) through vswitch: median "
+                f"{ping['median_ms']:.3f} ms (min {ping['min_ms']:.3f}, max {ping['max_ms']:.3f}) "
+                f"over {ping['count']} pings (`ping -c 20 -i 0.2`); the guests' emulation "
+                "dominates it."
+            )
+    failures = [r for r in bench.results if "error" in r]
+    if failures:
+        lines += ["", "## Failures", ""]
+        for r in failures:
+            where = f"round {r['round']}, {LABEL[r['system']]}" + (
+                f", {r['size']} B" if "size" in r else "")  # fmt: skip
+            first = r["error"].strip().splitlines()[0][:200] if r["error"].strip() else "?"
+            lines.append(f"- {where}: {first}")
+    if machine.get("fastpath_older_than_csrc"):
+        lines += ["", "Note: the fast path module was older than csrc/ when this ran."]
+    return "\n".join(lines) + "\n"
+
+
+README = ROOT / "README.md"
+README_START = "<!-- scripts/bench: latest table -->"
+README_END = "<!-- end of scripts/bench table -->"
+
+
+def update_readme(md: str, out: Path) -> None:
+    """The README shows the latest run's forwarding and targets tables, between
+    its markers, when the report went to docs/ (a run elsewhere leaves it)."""
+    if out.resolve() != (ROOT / "docs").resolve() or not README.exists():
+        return
+    text = README.read_text()
+    if README_START not in text or README_END not in text:
+        log(f"README.md has no {README_START!r} marker: not updated")
+        return
+    keep: list[str] = []
+    lines = md.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("- Date:") or line.startswith("- Machine:"):
+            keep.append(line)
+        if line.startswith("## Forwarding rate") or line.startswith("## Targets"):
+            keep += ["", "#" + line]  # one level down in the README
+            for nxt in lines[i + 1 :]:
+                if nxt.startswith("## "):
+                    break
+                keep.append(nxt)
+    head, rest = text.split(README_START, 1)
+    tail = rest.split(README_END, 1)[1]
+    body = "\n".join(keep).strip()
+    README.write_text(f"{head}{README_START}\n{body}\n\n{README_END}{tail}")
+    log("README.md: latest table updated")
