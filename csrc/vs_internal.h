@@ -186,6 +186,7 @@ struct vs_runner {
     int resume_seq;
     int stop_req;
     bool running;
+    uint32_t polled;        /* TX rings with no kick eventfd: woken for by a timer */
 };
 
 struct vs_switch {

@@ -22,6 +22,12 @@
  * microsecond lets bursts form again; it is far below what a guest's own
  * interrupt path costs.
  *
+ * A TX ring set up with no kick eventfd (SET_VRING_KICK's no-fd flag:
+ * "poll this ring") has nothing to sleep on, so while one exists the sleep
+ * lasts POLL_NOFD_MS at most, and a wake-up that finds nothing goes straight
+ * back to sleep instead of busy-polling for idle_us: a thousand cheap looks
+ * a second rather than a core.
+ *
  * It also ages the MAC table, a slice at a time (vs_fdb_set_max_age):
  * sweeping a big table in one go, or parking the loop for it, would stall
  * every port for milliseconds each second. */
@@ -42,6 +48,7 @@
 #define RUN_BUDGET (4 * VS_BURST)
 #define TAG_CTL 0xffffffffu
 #define LINGER_BELOW (VS_BURST / 4)     /* frames per loop */
+#define POLL_NOFD_MS 1
 
 static uint64_t now_ns(void)
 {
@@ -112,6 +119,7 @@ static int rebuild(struct vs_switch *sw)
     if (r->epfd < 0)
         return -errno;
     watch(r, r->ctl_fd, TAG_CTL);
+    r->polled = 0;
     for (uint32_t k = 0; k < sw->nopen; k++) {
         uint32_t id = sw->open_ids[k];
         struct vs_port *p = &sw->ports[id];
@@ -120,9 +128,12 @@ static int rebuild(struct vs_switch *sw)
                 watch(r, p->fd, id << 8 | 0xff);
             continue;
         }
-        for (uint32_t q = 0; q < VS_MAX_QUEUES; q++)
+        for (uint32_t q = 0; q < VS_MAX_QUEUES; q++) {
             if (p->vq[q].kick_fd >= 0)
                 watch(r, p->vq[q].kick_fd, id << 8 | q);
+            else if (q % 2 == 1 && p->vq[q].started)
+                r->polled++;
+        }
     }
     return 0;
 }
@@ -178,14 +189,16 @@ static void age(struct vs_switch *sw, uint64_t *last)
     *last = t;
 }
 
-static void sleep_until_kicked(struct vs_switch *sw)
+/* True if it woke only because its time was up. */
+static bool sleep_until_kicked(struct vs_switch *sw)
 {
     struct vs_runner *r = &sw->run;
     struct epoll_event evs[64];
     sw->st.poll_sleeps++;
     /* Entries to age: wake once a second for them. */
     bool aging = __atomic_load_n(&sw->fdb.max_age, __ATOMIC_RELAXED) && sw->fdb.count > 0;
-    int n = epoll_wait(r->epfd, evs, 64, aging ? 1000 : -1);
+    int ms = r->polled ? POLL_NOFD_MS : aging ? 1000 : -1;
+    int n = epoll_wait(r->epfd, evs, 64, ms);
     for (int i = 0; i < n; i++) {
         uint32_t tag = evs[i].data.u32;
         if (tag == TAG_CTL) {
@@ -208,6 +221,7 @@ static void sleep_until_kicked(struct vs_switch *sw)
         if (read(p->vq[q].kick_fd, &v, sizeof(v)) == sizeof(v))
             p->st.kicks++;
     }
+    return n == 0;
 }
 
 int vs_run(struct vs_switch *sw, uint32_t idle_us, uint32_t linger_ns)
@@ -221,6 +235,7 @@ int vs_run(struct vs_switch *sw, uint32_t idle_us, uint32_t linger_ns)
     uint32_t loops = 0;
     uint64_t aged = now_ns();
     uint64_t ticks = linger_ns ? linger_ticks(linger_ns) : 0;
+    bool timed_out = false;     /* the last sleep ended on its timer */
     vs_tick(sw);
     while (rc == 0 && !__atomic_load_n(&r->stop_req, __ATOMIC_ACQUIRE)) {
         if (__atomic_load_n(&r->pause_req, __ATOMIC_ACQUIRE)) {
@@ -229,6 +244,7 @@ int vs_run(struct vs_switch *sw, uint32_t idle_us, uint32_t linger_ns)
             rc = rebuild(sw);
             vs_tick(sw);
             idle_since = 0;
+            timed_out = false;
             continue;
         }
         sw->st.poll_loops++;
@@ -251,17 +267,19 @@ int vs_run(struct vs_switch *sw, uint32_t idle_us, uint32_t linger_ns)
             linger(ticks);
         if (total > 0) {
             idle_since = 0;
+            timed_out = false;
             continue;
         }
-        if (loops & 15)
-            continue;
-        uint64_t t = now_ns();
-        if (idle_since == 0)
-            idle_since = t;
-        if (t - idle_since < idle_ns)
-            continue;
-        if (!arm_all(sw))
-            sleep_until_kicked(sw);
+        if (!timed_out) {
+            if (loops & 15)
+                continue;
+            uint64_t t = now_ns();
+            if (idle_since == 0)
+                idle_since = t;
+            if (t - idle_since < idle_ns)
+                continue;
+        }
+        timed_out = arm_all(sw) ? false : sleep_until_kicked(sw);
         vs_tick(sw);
         age(sw, &aged);
         idle_since = 0;

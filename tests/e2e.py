@@ -28,8 +28,11 @@ def build_guest_image() -> Path:
 class SwitchProcess:
     """`vswitch run CONFIG` as a child process; stopped with SIGTERM on exit."""
 
-    def __init__(self, workdir: Path, ports: list[dict[str, Any]], **extra: Any) -> None:
+    def __init__(
+        self, workdir: Path, ports: list[dict[str, Any]], log_level: str = "debug", **extra: Any
+    ) -> None:
         self.workdir = workdir
+        self.log_level = log_level
         self.control = workdir / "ctl.sock"
         self.config = workdir / "vswitch.yaml"
         self.log = workdir / "vswitch.log"
@@ -43,7 +46,8 @@ class SwitchProcess:
     async def start(self, timeout: float = 20.0) -> None:
         with open(self.log, "ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "vswitch", "run", str(self.config), "--log-level", "debug",
+                sys.executable, "-m", "vswitch", "run", str(self.config),
+                "--log-level", self.log_level,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
             )  # fmt: skip
         loop = asyncio.get_running_loop()

@@ -76,17 +76,23 @@ class SoftGuest:
         mem_size: int = 4 << 20,
         features: int = QEMU_FEATURES,
         buf_size: int = 2048,
+        poll_tx: bool = False,
     ) -> None:
         self.path = path
         self.mac = mac
         self.features = features
         self.buf_size = buf_size
+        # poll_tx: the TX ring gets no kick eventfd (SET_VRING_KICK with the
+        # no-fd flag), which asks the back end to poll it.
+        self.poll_tx = poll_tx
         self.fe = Frontend(path)
         self.mem = GuestMemory.single(mem_size)
+        self.num = num
         self.rx = SplitRing(self.mem, num)
         self.tx = SplitRing(self.mem, num)
         self.kick = [eventfd(), eventfd()]
         self.call = [eventfd(), eventfd()]
+        self.err = [eventfd(), eventfd()]
         self.hdr_len = 12
         self.acked = 0
         self.got: list[bytes] = []
@@ -107,24 +113,54 @@ class SoftGuest:
         self.acked, _ = await self.fe.negotiate(self.features)
         self.hdr_len = 12 if self.acked & (F_MRG_RXBUF | F_VERSION_1) else 10
 
-        async def step(req: int, payload: bytes, fds: list[int] | None = None) -> None:
-            if await self.fe.set(req, payload, fds or []) != 0:
-                assert not strict, f"{self.mac}: {P.request_name(req)} refused"
-                self.refused.append(P.request_name(req))
-
         mem = P.MEM_HEADER.pack(1, 0) + P.MEM_REGION.pack(*self.mem.table()[0][:4])
-        await step(Req.SET_MEM_TABLE, mem, [self.mem.fd])
-        for q, r in enumerate((self.rx, self.tx)):
-            await step(Req.SET_VRING_NUM, P.VRING_STATE.pack(q, r.num))
-            await step(Req.SET_VRING_BASE, P.VRING_STATE.pack(q, 0))
-            await step(
-                Req.SET_VRING_ADDR, P.VRING_ADDR.pack(q, 0, r.desc_ua, r.used_ua, r.avail_ua, 0)
-            )
-            await step(Req.SET_VRING_KICK, P.U64.pack(q), [self.kick[q]])
-            await step(Req.SET_VRING_CALL, P.U64.pack(q), [self.call[q]])
-            await step(Req.SET_VRING_ENABLE, P.VRING_STATE.pack(q, 1))
+        await self._step(Req.SET_MEM_TABLE, mem, [self.mem.fd], strict)
+        await self.start_rings(strict)
         self.post_rx(self.rx.num if rx_buffers is None else rx_buffers)
         return self
+
+    async def _step(
+        self, req: int, payload: bytes, fds: list[int] | None = None, strict: bool = True
+    ) -> None:
+        if await self.fe.set(req, payload, fds or []) != 0:
+            assert not strict, f"{self.mac}: {P.request_name(req)} refused"
+            self.refused.append(P.request_name(req))
+
+    async def start_rings(self, strict: bool = True) -> None:
+        """Both rings, in QEMU's order (also what a device reset replays)."""
+        for q, r in enumerate((self.rx, self.tx)):
+            await self._step(Req.SET_VRING_NUM, P.VRING_STATE.pack(q, r.num), None, strict)
+            await self._step(Req.SET_VRING_BASE, P.VRING_STATE.pack(q, 0), None, strict)
+            addr = P.VRING_ADDR.pack(q, 0, r.desc_ua, r.used_ua, r.avail_ua, 0)
+            await self._step(Req.SET_VRING_ADDR, addr, None, strict)
+            if q == 1 and self.poll_tx:
+                await self._step(Req.SET_VRING_KICK, P.U64.pack(q | P.VRING_NOFD), None, strict)
+            else:
+                await self._step(Req.SET_VRING_KICK, P.U64.pack(q), [self.kick[q]], strict)
+            await self._step(Req.SET_VRING_CALL, P.U64.pack(q), [self.call[q]], strict)
+            await self._step(Req.SET_VRING_ERR, P.U64.pack(q), [self.err[q]], strict)
+            await self._step(Req.SET_VRING_ENABLE, P.VRING_STATE.pack(q, 1), None, strict)
+
+    async def reset_device(self, rx_buffers: int | None = None) -> None:
+        """What a guest's device reset does: QEMU stops both rings
+        (GET_VRING_BASE), the driver lays out fresh rings, and QEMU starts
+        them again over the same connection and memory table."""
+        for q in (0, 1):
+            await self.fe.get_vring_base(q)
+        for fd in self.kick + self.call + self.err:
+            os.close(fd)
+        self.kick = [eventfd(), eventfd()]
+        self.call = [eventfd(), eventfd()]
+        self.err = [eventfd(), eventfd()]
+        for r in (self.rx, self.tx):
+            for chain in r.chains.values():
+                for a, ln in chain.allocs:
+                    self.mem.free(a, ln)
+            r.chains.clear()
+        self.rx = SplitRing(self.mem, self.num)
+        self.tx = SplitRing(self.mem, self.num)
+        await self.start_rings()
+        self.post_rx(self.rx.num if rx_buffers is None else rx_buffers)
 
     # Receive side
 
@@ -226,7 +262,7 @@ class SoftGuest:
             return
         self._closed = True
         self.fe.close()
-        for fd in self.kick + self.call:
+        for fd in self.kick + self.call + self.err:
             os.close(fd)
         self.mem.close()
 

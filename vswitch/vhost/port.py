@@ -95,7 +95,10 @@ class VhostPort:
     async def _connect(self) -> None:
         """Client mode: connect to the front end's socket, retrying with
         backoff until it is there, and again each time the front end goes
-        away (QEMU restarted), so the guest's link comes back on its own."""
+        away (QEMU restarted), so the guest's link comes back on its own.
+        A front end that drops the connection before the port ever came up
+        (crashing, or not a vhost-user server at all) is retried with the
+        same backoff, not hammered."""
         loop = asyncio.get_running_loop()
         path = str(self.cfg.path)
         delay, waiting_logged = RETRY_MIN, False
@@ -113,12 +116,19 @@ class VhostPort:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
                 continue
-            delay, waiting_logged = RETRY_MIN, False
             self.connects += 1
             log.debug("port %s: connected to %s", self.name, path)
-            self.session = VhostSession(self.name, sock, self.dp, self.port, self.cfg.mtu)
-            await self._serve(self.session)
-            await asyncio.sleep(RETRY_MIN)
+            session = VhostSession(self.name, sock, self.dp, self.port, self.cfg.mtu)
+            self.session = session
+            try:
+                await self._serve(session)
+            except Exception:
+                # Never let one bad session end the reconnects for good.
+                log.exception("port %s: session failed", self.name)
+            if session.came_up:
+                delay, waiting_logged = RETRY_MIN, False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
 
     async def _serve(self, session: VhostSession) -> None:
         try:

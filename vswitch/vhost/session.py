@@ -24,6 +24,11 @@ from vswitch.vhost.transport import PeerClosed, close_fds, recv_message, send
 
 log = logging.getLogger("vswitch.vhost")
 
+# A TX ring with no kick eventfd is polled (vhost-user.rst, SET_VRING_KICK):
+# in event-loop mode this often, once it is empty.  (The poll thread has its
+# own timer, POLL_NOFD_MS in csrc/vs_run.c.)
+POLL_INTERVAL = 0.001
+
 
 class Refused(Exception):
     """A well-formed request we will not carry out: NACKed when the front end
@@ -37,6 +42,7 @@ class Vring:
     err: int = -1
     enabled: bool = False  # as set by SET_VRING_ENABLE
     started: bool = False
+    held: bool = False  # disabled by RESET_OWNER until the ring is started again
     num: int = 0
 
     def close_fds(self) -> None:
@@ -78,9 +84,11 @@ class VhostSession:
         self.backend_fd = -1
         self.vrings = [Vring() for _ in range(MAX_QUEUES)]
         self._was_up = False
+        self.came_up = False  # the port was up at least once in this session
         self._broken_logged = False
         self.messages = 0
         self._watched: set[int] = set()
+        self._polls: dict[int, asyncio.TimerHandle] = {}
 
     # Life cycle
 
@@ -190,12 +198,14 @@ class VhostSession:
         self.owner = True
 
     def _reset_owner(self, msg: Message) -> None:
-        for q, vr in enumerate(self.vrings):
-            self._unwatch(q)
-            vr.close_fds()
-        self.vrings = [Vring() for _ in range(MAX_QUEUES)]
-        self.features = 0
-        self.dp.reset_port(self.port)
+        # Deprecated; vhost-user.rst: back ends should ignore it or disable
+        # every ring, and must not drop the connection's state (features,
+        # memory), which front ends go on to use.
+        for vr in self.vrings:
+            vr.enabled = False
+            vr.held = True
+        self._apply_enable()
+        log.info("port %s: RESET_OWNER: every ring disabled", self.name)
 
     def _get_queue_num(self, msg: Message) -> bytes:
         return P.reply_u64(msg.request, P.QUEUE_PAIRS)
@@ -286,14 +296,19 @@ class VhostSession:
             os.close(vr.kick)
         vr.kick = fd
         vr.started = True
+        vr.held = False
         if fd >= 0:
             _nonblocking(fd)
+        elif q % 2 == 1:
+            log.info("port %s: vring %d has no kick eventfd: polled", self.name, q)
         self.dp.vring_kick_fd(self.port, q, fd)
         self._apply_enable()
         if not self.dp.threaded:
             if fd >= 0:
                 self.loop.add_reader(fd, self._kick, q)
                 self._watched.add(fd)
+            elif q % 2 == 1:
+                self._polls[q] = self.loop.call_later(POLL_INTERVAL, self._poll, q)
             # Serve what the guest queued before we were told where to look.
             self.loop.call_soon(self._kick, q)
 
@@ -311,6 +326,8 @@ class VhostSession:
         vr = self.vrings[q]
         if vr.err >= 0:
             os.close(vr.err)
+        if fd >= 0:
+            _nonblocking(fd)
         vr.err = fd
 
     def _set_vring_enable(self, msg: Message) -> None:
@@ -319,6 +336,8 @@ class VhostSession:
         if enable not in (0, 1):
             raise Refused(f"enable value {enable}")
         self.vrings[q].enabled = bool(enable)
+        if enable:
+            self.vrings[q].held = False
         self._apply_enable()
         if enable and not self.dp.threaded:
             self.loop.call_soon(self._kick, q)
@@ -328,7 +347,7 @@ class VhostSession:
         # enabled as soon as it starts; with it, only SET_VRING_ENABLE enables.
         negotiated = bool(self.features & (1 << F.PROTOCOL_FEATURES))
         for q, vr in enumerate(self.vrings):
-            self.dp.vring_enable(self.port, q, vr.enabled if negotiated else True)
+            self.dp.vring_enable(self.port, q, vr.enabled if negotiated else not vr.held)
 
     # Data path wake-ups
 
@@ -343,9 +362,20 @@ class VhostSession:
             # the loop has had a turn; an empty ring answers 0 and rearms.
             self.loop.call_soon(self._kick, q)
 
+    def _poll(self, q: int) -> None:
+        """Event-loop mode: a ring with no kick eventfd, looked at on a timer."""
+        self._polls.pop(q, None)
+        if self.sock.fileno() < 0:
+            return
+        n = self.dp.kick(self.port, q)
+        if n < 0:
+            self.check_broken()
+        self._polls[q] = self.loop.call_later(0 if n > 0 else POLL_INTERVAL, self._poll, q)
+
     def check_broken(self) -> None:
-        """Logs a ring the fast path stopped (once per breakage).  Called
-        after a failed kick, and periodically when a poll thread runs."""
+        """Logs a ring the fast path stopped (once per breakage) and tells
+        the front end through the rings' error eventfds (SET_VRING_ERR).
+        Called after a failed kick, and periodically when a poll thread runs."""
         if self.dp.is_broken(self.port):
             if not self._broken_logged:
                 self._broken_logged = True
@@ -354,6 +384,12 @@ class VhostSession:
                     self.name,
                     self.dp.error(self.port),
                 )
+                for vr in self.vrings:
+                    if vr.err >= 0:
+                        try:
+                            os.eventfd_write(vr.err, 1)
+                        except OSError as e:  # a full counter: it is signalled already
+                            log.debug("port %s: error eventfd: %s", self.name, e)
             self._state_changed()
 
     def _unwatch(self, q: int) -> None:
@@ -361,6 +397,9 @@ class VhostSession:
         if fd in self._watched:
             self.loop.remove_reader(fd)
             self._watched.discard(fd)
+        poll = self._polls.pop(q, None)
+        if poll is not None:
+            poll.cancel()
 
     def _state_changed(self) -> None:
         up = self.dp.is_up(self.port)
@@ -369,6 +408,7 @@ class VhostSession:
             log.info("port %s: link %s", self.name, "up" if up else "down")
             if up:
                 self._broken_logged = False
+                self.came_up = True
         self.on_state()
 
 
