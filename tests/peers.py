@@ -17,6 +17,7 @@ import socket
 import struct
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from vhost_frontend import QEMU_FEATURES, Frontend
 from virtio_driver import (
@@ -272,6 +273,20 @@ class SoftGuest:
     async def __aexit__(self, *exc: object) -> None:
         self.close()
 
+
+
+def vports(tmp: Path, names: str) -> list[dict[str, Any]]:
+    """Server-mode vhost-user ports named by the letters of `names`."""
+    return [{"name": n, "type": "vhost-user", "path": str(tmp / f"{n}.sock")} for n in names]
+
+
+async def announce(*guests: SoftGuest) -> None:
+    """Each guest broadcasts once, so the switch learns every MAC."""
+    for g in guests:
+        await g.send([frame(BROADCAST, g.mac, 0)])
+    for g in guests:
+        await g.wait_received(len(guests) - 1)
+        g.got.clear()
 
 def _take(fd: int) -> None:
     """Consume interrupts; a test may have swapped the eventfd for

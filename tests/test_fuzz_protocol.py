@@ -45,10 +45,12 @@ from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 from peers import (
     SoftGuest,
+    announce,
     busy_seconds,
     frame,
     memfd_maps,
     open_fds,
+    vports,
 )
 from vhost_frontend import QEMU_FEATURES, QEMU_PROTOCOL_FEATURES, Frontend
 
@@ -525,16 +527,6 @@ MACS = {n: f"02:00:00:00:20:{i + 1:02x}" for i, n in enumerate("abc")}
 F_EVENT_IDX = 1 << 29
 
 
-def vports(tmp: Path, names: str) -> list[dict[str, Any]]:
-    return [{"name": n, "type": "vhost-user", "path": str(tmp / f"{n}.sock")} for n in names]
-
-
-async def announce(*guests: SoftGuest) -> None:
-    for g in guests:
-        await g.send([frame("ff:ff:ff:ff:ff:ff", g.mac, 0)])
-    for g in guests:
-        await g.wait_received(len(guests) - 1)
-        g.got.clear()
 
 
 @pytest.mark.parametrize("datapath", ["thread", "loop"])

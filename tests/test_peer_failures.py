@@ -20,7 +20,6 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -39,6 +38,7 @@ from peers import (
     rss_kib,
     seq_of,
     served,
+    vports,
 )
 
 from vswitch.config import parse_config
@@ -50,9 +50,6 @@ from vswitch.vhost.protocol import Req
 
 MACS = {n: f"02:00:00:00:10:{i + 1:02x}" for i, n in enumerate("abcdefgh")}
 
-
-def vports(tmp: Path, names: str) -> list[dict[str, Any]]:
-    return [{"name": n, "type": "vhost-user", "path": str(tmp / f"{n}.sock")} for n in names]
 
 
 async def counters(sw: SwitchProcess) -> dict[str, dict[str, int]]:

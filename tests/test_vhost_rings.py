@@ -9,11 +9,20 @@ import asyncio
 import os
 import select
 from pathlib import Path
-from typing import Any
 
 import pytest
 from e2e import SwitchProcess
-from peers import SoftGuest, busy_seconds, count, frame, log_lines, memfd_maps, seq_of
+from peers import (
+    SoftGuest,
+    announce,
+    busy_seconds,
+    count,
+    frame,
+    log_lines,
+    memfd_maps,
+    seq_of,
+    vports,
+)
 from virtio_driver import GuestMemory, net_hdr
 
 from vswitch.vhost import protocol as P
@@ -22,17 +31,6 @@ from vswitch.vhost.protocol import Req
 MACS = {n: f"02:00:00:00:20:{i + 1:02x}" for i, n in enumerate("abcd")}
 
 
-def vports(tmp: Path, names: str) -> list[dict[str, Any]]:
-    return [{"name": n, "type": "vhost-user", "path": str(tmp / f"{n}.sock")} for n in names]
-
-
-async def announce(*guests: SoftGuest) -> None:
-    """Each guest broadcasts once, so the switch learns every MAC."""
-    for g in guests:
-        await g.send([frame("ff:ff:ff:ff:ff:ff", g.mac, 0)])
-    for g in guests:
-        await g.wait_received(len(guests) - 1)
-        g.got.clear()
 
 
 def seqs(frames: list[bytes], src: str) -> list[int]:
