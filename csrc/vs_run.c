@@ -58,13 +58,30 @@ static uint64_t now_ns(void)
 }
 
 #ifdef HAVE_TSC
-/* TSC ticks per linger_ns, measured against the monotonic clock (200 us). */
+/* A clock reading and the TSC at the same moment: the TSC read on both
+ * sides of the clock, keeping the tightest of a few tries, so a preemption
+ * between the two reads (a loaded host) cannot skew the pair. */
+static void stamp(uint64_t *t, uint64_t *c)
+{
+    uint64_t best = UINT64_MAX;
+    for (int i = 0; i < 16; i++) {
+        uint64_t a = __rdtsc(), tt = now_ns(), b = __rdtsc();
+        if (b - a < best) {
+            best = b - a;
+            *t = tt;
+            *c = a + (b - a) / 2;
+        }
+    }
+}
+
+/* TSC ticks per linger_ns, measured against the monotonic clock (1 ms). */
 static uint64_t linger_ticks(uint64_t linger_ns)
 {
-    uint64_t t0 = now_ns(), c0 = __rdtsc(), t1;
-    while ((t1 = now_ns()) - t0 < 200000u)
+    uint64_t t0, c0, t1, c1;
+    stamp(&t0, &c0);
+    while (now_ns() - t0 < 1000000u)
         ;
-    uint64_t c1 = __rdtsc();
+    stamp(&t1, &c1);
     return (c1 - c0) * linger_ns / (t1 - t0);
 }
 
