@@ -45,20 +45,27 @@ static int map_region(struct vs_region *r, const struct vs_mem_region *in)
     uint64_t end = in->mmap_offset + in->size;
     if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size < end)
         return -EINVAL;
-    /* hugetlbfs wants whole huge pages; st_blksize is the page size there. */
+    /* Map the region's own pages only (not the file from its start, which
+     * for a guest whose RAM is one file split into several regions would
+     * map most of it again per region).  hugetlbfs wants whole huge pages;
+     * st_blksize is the page size there. */
     uint64_t align = st.st_blksize > 0 ? (uint64_t)st.st_blksize : 4096;
-    uint64_t len = (end + align - 1) / align * align;
-    if (len < end || len > SIZE_MAX)
+    if (align & (align - 1))
+        return -EINVAL;
+    uint64_t start = in->mmap_offset & ~(align - 1);
+    uint64_t stop = (end + align - 1) & ~(align - 1);
+    if (stop < end || stop - start > SIZE_MAX)
         return -EOVERFLOW;
-    void *m = mmap(NULL, (size_t)len, PROT_READ | PROT_WRITE, MAP_SHARED, in->fd, 0);
+    size_t len = (size_t)(stop - start);
+    void *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, in->fd, (off_t)start);
     if (m == MAP_FAILED)
         return -errno;
     r->gpa = in->guest_phys_addr;
     r->size = in->size;
     r->uaddr = in->user_addr;
     r->map = m;
-    r->map_len = (size_t)len;
-    r->host = (uint8_t *)m + in->mmap_offset;
+    r->map_len = len;
+    r->host = (uint8_t *)m + (in->mmap_offset - start);
     return 0;
 }
 

@@ -464,6 +464,28 @@ def test_memory_table_with_three_regions_and_offsets(sw: Switch) -> None:
             a.tx.publish(d)
         assert a.kick() == 3
         assert b.frames() == frames
+        # Each region is mapped by itself (its pages, from its own offset),
+        # not the file from its start: beside the test's own mapping of the
+        # whole file, exactly one mapping per region.
+        page = 4096
+        want = [(0, -(-mem.file_size // page) * page)]
+        for r in mem.regions:
+            lo, hi = r.file_off // page * page, -(-(r.file_off + r.size) // page) * page
+            want.append((lo, hi - lo))
+        assert sorted(mappings_of(mem.fd)) == sorted(want)
     finally:
         sw.close()
         mem.close()
+
+
+def mappings_of(fd: int) -> list[tuple[int, int]]:
+    """(file offset, length) of every mapping of fd's file in this process."""
+    ino = os.fstat(fd).st_ino
+    out = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 6 and int(fields[4]) == ino and "memfd:" in fields[5]:
+                lo, hi = (int(x, 16) for x in fields[0].split("-"))
+                out.append((int(fields[2], 16), hi - lo))
+    return out
