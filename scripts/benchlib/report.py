@@ -10,6 +10,7 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import placement
 from .config import IDLE_PORTS, LABEL, LEARN_MACS, ROOT, SCALE, SYSTEMS
 from .procs import log
 
@@ -185,6 +186,7 @@ def render(bench: Bench, machine: dict[str, Any], summary: dict[str, Any], argv:
         + ".",
     ]
     lines += targets(o, summary, getattr(bench, "flood_result", None))
+    lines += placement.render(bench.results, LABEL)
     lines += [
         "",
         "## CPU, % of one core",

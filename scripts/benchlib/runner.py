@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import LABEL, ROOT, SCALE
+from .placement import Placement
 from .procs import BenchError, Children, CpuMeter, MachineMeter, log, run, sh
 from .systems import SYSTEM_CLASSES, Generator, System, Vswitch
 
@@ -56,6 +57,7 @@ class Bench:
 
     def __post_init__(self) -> None:
         self.kids = Children(self.work)
+        self.placement = Placement(self.work)
 
     def prefix(self, what: str) -> str:
         return f"vsbench-{what}-{os.getpid()}"
@@ -122,7 +124,14 @@ class Bench:
 
     async def run_system(self, name: str, rnd: int, sizes: list[int]) -> None:
         sut = SYSTEM_CLASSES[name](self)
-        log(f"round {rnd}: {LABEL[name]}: starting")
+        # Nothing runs between blocks: the moment to see where the host put
+        # the vCPUs (scripts/benchlib/placement.py).
+        before = await self.placement.probe(f"round {rnd}: before {name}")
+        where = ""
+        if before is not None:
+            mode = "far" if before["far"] else "near"
+            where = f" (cores {mode}: {before['median_ns']:.0f} ns round trip)"
+        log(f"round {rnd}: {LABEL[name]}: starting{where}")
         try:
             await asyncio.wait_for(sut.start(), 180)
         except Exception as exc:
@@ -148,6 +157,7 @@ class Bench:
                                          "error": why[-3000:]})  # fmt: skip
                     continue
                 rec["system_info"] = sut.info
+                rec["placement_before"] = before
                 self.results.append(rec)
                 if first:
                     self.idle[name] = {k: rec[k] for k in rec if k.startswith("idle")}
@@ -163,6 +173,10 @@ class Bench:
                     f"of {100 * (os.cpu_count() or 1)} %{extra}")  # fmt: skip
         finally:
             await sut.stop()
+        after = await self.placement.probe(f"round {rnd}: after {name}")
+        for rec in self.results:
+            if rec.get("round") == rnd and rec.get("system") == name and "pps" in rec:
+                rec["placement_after"] = after
 
     async def ping(self) -> dict[str, Any]:
         """RTT between two QEMU guests through vswitch (event-driven latency)."""
@@ -207,6 +221,7 @@ class Bench:
     async def main(self) -> None:
         o = self.opts
         small = min(o.sizes)
+        self.placement.build()
         for rnd in range(1, o.rounds + 1):
             order = (
                 o.systems[(rnd - 1) % len(o.systems) :] + o.systems[: (rnd - 1) % len(o.systems)]
