@@ -1,12 +1,13 @@
 """Where the host has put our two vCPUs: the core-to-core round trip.
 
 On this machine (a 2-vCPU KVM guest on an AMD EPYC host) a cache line
-bouncing between CPU 0 and CPU 1 takes either about 55 ns (the vCPUs share
-a core complex) or about 320 ns (they do not), and the host moves them
-between the two every few seconds.  A PVP loop is one long exchange of cache
-lines between the generator's core and the switch's, so every system's rate
-follows that placement; the bench samples it before each system's block so
-rounds can be read in its light.
+bouncing between CPU 0 and CPU 1 takes either about 55 ns or about 320 ns,
+and the host moves the vCPUs between the two every few seconds.  A PVP loop
+is one long exchange of cache lines between the generator's core and the
+switch's, so the bench samples the placement before and after each system's
+block and reports the rates by it.  (On 2026-12-01 it did not explain the
+runs' 2x swings by itself: every system had fast and slow blocks in both
+placements.)
 """
 
 from __future__ import annotations
@@ -124,10 +125,10 @@ def render(results: list[dict[str, Any]], labels: dict[str, str]) -> list[str]:
         "A cache-line round trip between CPU 0 (the generator's) and CPU 1 (the switch's), "
         "probed for 1 s before and after each system's block with nothing else running "
         f"(`scripts/benchlib/placement.py`): {ns(near)} in {len(near)} of {len(probes)} "
-        f"probes, {ns(far)} in {len(far)}. The host moves this guest's vCPUs between "
-        "placements every few seconds, and the PVP loop is one long exchange of cache lines "
-        "between those two CPUs; the rates by the placement seen around each block (mixed: "
-        "the two probes differed; what else runs on the host's cores stays invisible here):",
+        f"probes, {ns(far)} in {len(far)}: the host moves this guest's vCPUs between "
+        "placements every few seconds. The rates by the placement seen around each block "
+        "(mixed: the two probes differed) show whether it explains a run's spread; what "
+        "else runs on the host's cores stays invisible from here:",
         "",
         "| Frame | System | near: Mpps (blocks) | far: Mpps (blocks) | mixed (blocks) |",
         "|---|---|---|---|---|",
