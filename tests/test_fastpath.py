@@ -77,6 +77,8 @@ def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
 MEMORIES = {
     "one-region": lambda: GuestMemory.single(),
     "mmap-offset": lambda: GuestMemory.single(file_off=0x23000),
+    # Not page-aligned: the switch maps from the page below and adds the rest.
+    "unaligned-mmap-offset": lambda: GuestMemory.single(file_off=0x23010),
     "three-regions": GuestMemory.three,
 }
 

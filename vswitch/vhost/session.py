@@ -363,14 +363,13 @@ class VhostSession:
             self.loop.call_soon(self._kick, q)
 
     def _poll(self, q: int) -> None:
-        """Event-loop mode: a ring with no kick eventfd, looked at on a timer."""
+        """Event-loop mode: a ring with no kick eventfd gets a timer for a
+        kick; _kick drains it and reports a broken ring as for any kick."""
         self._polls.pop(q, None)
         if self.sock.fileno() < 0:
             return
-        n = self.dp.kick(self.port, q)
-        if n < 0:
-            self.check_broken()
-        self._polls[q] = self.loop.call_later(0 if n > 0 else POLL_INTERVAL, self._poll, q)
+        self._kick(q)
+        self._polls[q] = self.loop.call_later(POLL_INTERVAL, self._poll, q)
 
     def check_broken(self) -> None:
         """Logs a ring the fast path stopped (once per breakage) and tells
