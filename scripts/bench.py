@@ -169,6 +169,7 @@ async def amain(opts: Options, argv_text: str) -> int:
         "idle": bench.idle,
         "ping": getattr(bench, "ping_result", None),
         "flood": getattr(bench, "flood_result", None),
+        "placement": getattr(bench, "placement_summary", None),
         "rounds": bench.results,
     }
     (opts.out / "bench.json").write_text(json.dumps(doc, indent=1) + "\n")
@@ -195,6 +196,8 @@ def rerender(opts: Options) -> int:
         bench.ping_result = doc["ping"]
     if doc.get("flood") is not None:
         bench.flood_result = doc["flood"]
+    if doc.get("placement") is not None:
+        bench.placement_summary = doc["placement"]
     summary = summarize(bench)
     md = render(bench, doc["machine"], summary, doc["command"])
     opts.out.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ import re
 import socket
 import statistics
 import subprocess
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,9 +83,19 @@ class Bench:
             await asyncio.sleep(o.warmup)
             snap0 = await sut.snapshot()
             m, mg, mm = CpuMeter(sut.pid), CpuMeter(gen.pid), MachineMeter()
+            # The rate every second as well as over the interval: the host
+            # moves the vCPUs mid-measurement (placement.py), and each second
+            # is compared with the other systems' seconds in the same placement.
             t0, s0 = await gen.stats()
-            await asyncio.sleep(o.seconds)
-            t1, s1 = await gen.stats()
+            tp, sp, slices = t0, s0, []
+            end = t0 + o.seconds
+            while (left := end - time.monotonic()) > 0.05:
+                await asyncio.sleep(min(1.0, left))
+                t1, s1 = await gen.stats()
+                got = sum(s1[p]["rx_packets"] - sp[p]["rx_packets"] for p in s1)
+                slices.append([round(tp, 3), round(t1, 3), round(got / (t1 - tp))])
+                tp, sp = t1, s1
+            rec["slices"] = slices
             rec["load_cpu"] = m.percent()
             rec["generator_cpu"] = mg.percent()
             rec["machine_cpu"] = mm.percent()
@@ -124,14 +135,7 @@ class Bench:
 
     async def run_system(self, name: str, rnd: int, sizes: list[int]) -> None:
         sut = SYSTEM_CLASSES[name](self)
-        # Nothing runs between blocks: the moment to see where the host put
-        # the vCPUs (scripts/benchlib/placement.py).
-        before = await self.placement.probe(f"round {rnd}: before {name}")
-        where = ""
-        if before is not None:
-            mode = "far" if before["far"] else "near"
-            where = f" (cores {mode}: {before['median_ns']:.0f} ns round trip)"
-        log(f"round {rnd}: {LABEL[name]}: starting{where}")
+        log(f"round {rnd}: {LABEL[name]}: starting")
         try:
             await asyncio.wait_for(sut.start(), 180)
         except Exception as exc:
@@ -157,7 +161,6 @@ class Bench:
                                          "error": why[-3000:]})  # fmt: skip
                     continue
                 rec["system_info"] = sut.info
-                rec["placement_before"] = before
                 self.results.append(rec)
                 if first:
                     self.idle[name] = {k: rec[k] for k in rec if k.startswith("idle")}
@@ -173,10 +176,6 @@ class Bench:
                     f"of {100 * (os.cpu_count() or 1)} %{extra}")  # fmt: skip
         finally:
             await sut.stop()
-        after = await self.placement.probe(f"round {rnd}: after {name}")
-        for rec in self.results:
-            if rec.get("round") == rnd and rec.get("system") == name and "pps" in rec:
-                rec["placement_after"] = after
 
     async def ping(self) -> dict[str, Any]:
         """RTT between two QEMU guests through vswitch (event-driven latency)."""
@@ -222,15 +221,24 @@ class Bench:
         o = self.opts
         small = min(o.sizes)
         self.placement.build()
-        for rnd in range(1, o.rounds + 1):
-            order = (
-                o.systems[(rnd - 1) % len(o.systems) :] + o.systems[: (rnd - 1) % len(o.systems)]
-            )
-            for name in order:
-                if name in self.failed:
-                    continue
-                sizes = [small] if name in SCALE else o.sizes
-                await self.run_system(name, rnd, sizes)
+        # Until stopped below (a day is only the bound: Children kills it on exit).
+        await self.placement.start(self.kids, 86400)
+        try:
+            for rnd in range(1, o.rounds + 1):
+                k = (rnd - 1) % len(o.systems)
+                for name in o.systems[k:] + o.systems[:k]:
+                    if name in self.failed:
+                        continue
+                    sizes = [small] if name in SCALE else o.sizes
+                    await self.run_system(name, rnd, sizes)
+        finally:
+            await self.placement.stop(self.kids)
+        self.placement.tag(self.results)
+        self.placement_summary = self.placement.summary()
+        p = self.placement_summary
+        log(f"placement: {p['near_samples']} samples near ({p['near_ns']} ns), "
+            f"{p['far_samples']} far ({p['far_ns']} ns), {p['timed_out']} timed out"
+            + (f"; {p['error']}" if p["error"] else ""))  # fmt: skip
         if o.flood:
             log("flooding cost against the number of ports (fast path driven directly)")
             try:
