@@ -16,8 +16,11 @@ Systems: vswitch (`vswitch run`, `datapath: thread`), testpmd as the switch
 OVS-DPDK (bridge datapath_type=netdev, two dpdkvhostuser ports, NORMAL), and
 two vswitch scale points (100k learned MACs; 64 ports of which 62 idle).
 Rounds are interleaved (round 1: every system, round 2: every system, ...;
-the order rotates each round) because this machine's speed swings about 2x
-over minutes: compare ratios within a run, not numbers across runs.
+the order rotates each round), the rate is taken every second, and a probe
+beside the loop tells which seconds the host had both vCPUs in one core
+complex (benchlib/placement.py): this machine's loop runs ~2.5x faster then,
+for every system, so systems are compared on the seconds of one placement.
+Compare ratios within a run, never numbers across runs.
 
 Everything it starts (processes, OVS run dir and database, sockets, hugepage
 files, a hugetlbfs mount, extra hugepages) is undone on exit, Ctrl-C included.

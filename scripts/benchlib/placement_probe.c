@@ -66,8 +66,10 @@ static void *partner(void *arg)
     if (place(1) != 0)
         return NULL;
     uint64_t last = 0;
-    for (long k = 1; now() < until; k++) {
+    for (long k = 1;; k++) {
         sleep_to_period(k);
+        if (now() > until)
+            break;
         /* All the sample may take: the clock stays out of the round trips. */
         double end = now() + 4 * TIMEOUT;
         for (unsigned i = 0, n = 1; i < ROUNDS; n++) {
@@ -132,8 +134,10 @@ int main(int argc, char **argv)
     }
     uint64_t v = 1;
     double batch[ROUNDS / BATCH];
-    for (long k = 1; now() < until; k++) {
+    for (long k = 1;; k++) {
         sleep_to_period(k);
+        if (now() > until)
+            break;
         int done = 0, nb = 0;
         double t0 = now(), tb = t0;
         for (; done < ROUNDS; done++) {

@@ -90,9 +90,14 @@ def _mpps(s: dict[str, float] | None, seconds: bool = False) -> str:
     return f"{s['median'] / 1e6:.2f} ({s['min'] / 1e6:.2f}–{s['max'] / 1e6:.2f}){n}"
 
 
-def _ratio(s: dict[str, float] | None) -> str:
+def _ratio(s: dict[str, float] | None, rounds: bool = False) -> str:
     if not s:
         return "—"
+    if rounds:  # by placement: the spread is over the rounds that had enough seconds
+        n = int(s["n"])
+        if n == 0:
+            return f"{s['median']:.2f}× (no round with both)"
+        return f"{s['median']:.2f}× ({s['min']:.2f}–{s['max']:.2f}, {n} round{'s' * (n > 1)})"
     return f"{s['median']:.2f}× ({s['min']:.2f}–{s['max']:.2f})"
 
 
@@ -116,8 +121,8 @@ def _rates_by_state(summary: dict[str, Any], sizes: list[int], probe: dict[str, 
             p, r = st["pps"].get(str(size), {}), st["ratios"].get(str(size), {})
             lines.append(
                 f"| {size} B | {_mpps(p.get('vswitch'), True)} | {_mpps(p.get('testpmd'), True)} | "
-                f"{_mpps(p.get('ovs'), True)} | {_ratio(r.get('vswitch/testpmd'))} | "
-                f"{_ratio(r.get('vswitch/ovs'))} |"
+                f"{_mpps(p.get('ovs'), True)} | {_ratio(r.get('vswitch/testpmd'), True)} | "
+                f"{_ratio(r.get('vswitch/ovs'), True)} |"
             )
     return lines
 
@@ -211,8 +216,8 @@ def render(bench: Bench, machine: dict[str, Any], summary: dict[str, Any], argv:
         "## Forwarding rate (PVP loop), Mpps",
         "",
         "The host moves this guest's two vCPUs between core complexes every few seconds, "
-        "mid-measurement, and a PVP loop's speed follows (see Core placement below), so the "
-        "rate is taken every second and compared within one placement: median (p10–p90) "
+        "mid-measurement, and a PVP loop's speed follows (Core placement, in docs/bench.md), so "
+        "the rate is taken every second and compared within one placement: median (p10–p90) "
         "[seconds]; ratios are of the medians, their spread from the rounds in which both "
         f"systems had ≥ {placement.MIN_SECONDS} such seconds.",
     ]
@@ -308,8 +313,9 @@ def render(bench: Bench, machine: dict[str, Any], summary: dict[str, Any], argv:
             continue
         npps = near.get("pps", {}).get(str(min(o.sizes)), {}).get(scale)
         nps = "—" if not npps else f"{npps['median'] / 1e6:.2f} [{npps['n']} s]"
-        lines.append(f"| {LABEL[scale]} | {nps} | {_ratio(near.get('scale', {}).get(scale))} | "
-                     f"{_mpps(s['pps'])} | {_ratio(s['ratio_to_vswitch'])} |")  # fmt: skip
+        nr = _ratio(near.get("scale", {}).get(scale), True)
+        lines.append(f"| {LABEL[scale]} | {nps} | {nr} | {_mpps(s['pps'])} | "
+                     f"{_ratio(s['ratio_to_vswitch'])} |")  # fmt: skip
     lines += [
         "",
         f"- 100k learned MACs: before the generator attaches, a third port (driven by the "
@@ -379,7 +385,7 @@ def update_readme(md: str, out: Path) -> None:
             for nxt in lines[i + 1 :]:
                 if nxt.startswith("## "):
                     break
-                keep.append(nxt)
+                keep.append("#" + nxt if nxt.startswith("#") else nxt)
     head, rest = text.split(README_START, 1)
     tail = rest.split(README_END, 1)[1]
     body = "\n".join(keep).strip()
