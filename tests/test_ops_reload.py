@@ -235,7 +235,7 @@ async def test_poll_idle_and_control_mode_apply_and_no_change_is_quiet(tmp_path:
             r = await sw.reload()
             assert r["changes"] == [
                 "switch.poll_idle_us 100 -> 50",
-                "switch.poll_linger_ns 1000 -> 0",
+                "switch.poll_linger_ns 3000 -> 0",
                 "control_mode 0660",
             ]
             assert r["warnings"] == [

@@ -211,7 +211,7 @@ class SwitchConfig(_Model):
     # asleep in epoll when idle); loop: the event loop serves them on kicks.
     datapath: Literal["thread", "loop"] = "thread"
     poll_idle_us: Annotated[int, BeforeValidator(_int_in(0, 1_000_000, "microseconds"))] = 100
-    poll_linger_ns: Annotated[int, BeforeValidator(_int_in(0, 100_000, "nanoseconds"))] = 1000
+    poll_linger_ns: Annotated[int, BeforeValidator(_int_in(0, 100_000, "nanoseconds"))] = 3000
 
 
 class MetricsConfig(_Model):

@@ -104,7 +104,7 @@ class Datapath:
     def threaded(self) -> bool:
         return self._thread is not None
 
-    def start_thread(self, idle_us: int = 100, linger_ns: int = 1000) -> None:
+    def start_thread(self, idle_us: int = 100, linger_ns: int = 3000) -> None:
         def run() -> None:
             # the GIL is released inside
             self._thread_rc = lib.vs_run(self._sw, idle_us, linger_ns)
