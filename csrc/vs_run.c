@@ -24,9 +24,10 @@
  * that finds less than that is still ahead of its front ends, and each
  * look steals the index lines they are writing (with the generator's and
  * the switch's cores in different core complexes, a trip between them
- * each).  On 2026-12-01, 64 B PVP: 3 µs below 64 frames ran 13-21 % faster
- * than 1 µs below 8, in two A/B runs (scripts/bench's probe: seconds with
- * both cores in one complex).
+ * each).  On 2026-12-01, 64 B PVP, 3 µs below 64 frames against 1 µs below
+ * 8, in the seconds with both cores in one complex (scripts/bench's probe):
+ * +13 %, +21 % and -2 % in three A/B runs; a gain, if any, within this
+ * host's noise, and never a loss beyond it.
  *
  * A TX ring set up with no kick eventfd (SET_VRING_KICK's no-fd flag:
  * "poll this ring") has nothing to sleep on, so while one exists the sleep
