@@ -190,7 +190,10 @@ def by_state(
 
 
 def render_placement(
-    results: list[dict[str, Any]], probe: dict[str, Any] | None, labels: dict[str, str]
+    results: list[dict[str, Any]],
+    states: dict[str, Any],
+    probe: dict[str, Any] | None,
+    labels: dict[str, str],
 ) -> list[str]:
     """How the measured seconds fell between the placements, per system."""
     if not probe:
@@ -216,10 +219,10 @@ def render_placement(
     ok = [r for r in results if "slices" in r]
     for size in sorted({r["size"] for r in ok}):
         for system in dict.fromkeys(r["system"] for r in ok if r["size"] == size):
-            sl = [s for r in ok if r["size"] == size and r["system"] == system
-                  for s in r["slices"]]  # fmt: skip
-            n = {k: sum(1 for s in sl if len(s) > 3 and s[3] == k) for k in ("near", "far")}
-            rest = len(sl) - n["near"] - n["far"]
+            total = sum(len(r["slices"]) for r in ok if r["size"] == size
+                        and r["system"] == system)  # fmt: skip
+            n = {k: states[k]["seconds"][str(size)][system] for k in STATES}
+            rest = total - n["near"] - n["far"]
             lines.append(f"| {size} B | {labels.get(system, system)} | {n['near']} | "
                          f"{n['far']} | {rest} |")  # fmt: skip
     return lines

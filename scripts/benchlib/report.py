@@ -252,7 +252,7 @@ def render(bench: Bench, machine: dict[str, Any], summary: dict[str, Any], argv:
     ]
     lines += targets(o, summary, getattr(bench, "flood_result", None))
     lines += placement.render_placement(
-        bench.results, getattr(bench, "placement_summary", None), LABEL
+        bench.results, summary["by_state"], getattr(bench, "placement_summary", None), LABEL
     )
     lines += [
         "",
