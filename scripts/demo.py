@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from vswitch.control import request
-from vswitch.guest import Guest, Nic
+from vswitch.lab.guest import Guest, Nic
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs/minimal.yaml"

@@ -136,7 +136,7 @@ def test_run_missing_config(tmp_path: Path) -> None:
 def fake_switch_module(
     monkeypatch: pytest.MonkeyPatch, fail: str | None = None, signal_at_start: bool = False
 ) -> dict[str, Any]:
-    """Stand in for vswitch.switch (the contract: async with Switch(cfg) as sw, ...)."""
+    """Stand in for vswitch.daemon.switch (the contract: async with Switch(cfg) as sw, ...)."""
     seen: dict[str, Any] = {}
 
     class Switch:
@@ -164,9 +164,9 @@ def fake_switch_module(
                 asyncio.get_running_loop().call_later(0.05, os.kill, os.getpid(), signal.SIGTERM)
             await asyncio.wait_for(self._stopped.wait(), 10)
 
-    module = types.ModuleType("vswitch.switch")
+    module = types.ModuleType("vswitch.daemon.switch")
     module.Switch = Switch  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "vswitch.switch", module)
+    monkeypatch.setitem(sys.modules, "vswitch.daemon.switch", module)
     return seen
 
 

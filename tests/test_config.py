@@ -50,7 +50,7 @@ def test_example_config_loads(tmp_path: Path) -> None:
     text = (REPO / "configs" / "example.yaml").read_text().replace("/tmp/vswitch", str(tmp_path))
     cfg = load_config(write(tmp_path, text))
     assert cfg.control_mode == 0o600
-    vm1 = cfg.port("vm1")
+    vm1 = next(p for p in cfg.ports if p.name == "vm1")
     assert (vm1.socket_mode, vm1.owner, vm1.group, vm1.mtu) == (0o660, 0, 0, 1500)
     assert vm1.static_macs == (parse_mac("52:54:00:00:00:01"),)
 

@@ -13,15 +13,10 @@ from typing import Any
 
 import pytest
 
-from vswitch.control import (
-    MAX_REQUEST,
-    ControlServer,
-    listen_unix,
-    make_handler,
-    prepare_socket_path,
-    request,
-)
+from vswitch.control import ControlServer, make_handler, request
+from vswitch.control.server import MAX_REQUEST
 from vswitch.errors import ControlError, StartupError
+from vswitch.netsys.unix import listen_unix, prepare_socket_path
 
 
 async def handler(req: dict[str, Any]) -> Any:

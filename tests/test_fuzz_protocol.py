@@ -55,7 +55,7 @@ from peers import (
 from vhost_frontend import QEMU_FEATURES, QEMU_PROTOCOL_FEATURES, Frontend
 
 from vswitch.config import parse_config
-from vswitch.switch import Switch
+from vswitch.daemon.switch import Switch
 from vswitch.vhost import protocol as P
 from vswitch.vhost.protocol import Req
 

@@ -1,4 +1,4 @@
-"""The QEMU guest launcher and its exec agent (vswitch/guest.py, scripts/build-guest-image)."""
+"""The QEMU guest launcher and its exec agent (vswitch/lab/guest.py, scripts/build-guest-image)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import need, need_tool
 
-from vswitch.guest import ExecResult, Guest, GuestError, GuestTimeoutError, Nic, _b64
+from vswitch.lab.guest import ExecResult, Guest, GuestError, GuestTimeoutError, Nic, _b64
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "scripts" / "build-guest-image"

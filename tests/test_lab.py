@@ -32,7 +32,7 @@ from vswitch.errors import ConfigError
 from vswitch.lab import Lab, LabError, load_lab, parse_lab
 from vswitch.lab.runner import labs_root
 from vswitch.mac import format_mac
-from vswitch.tap import list_netns
+from vswitch.netsys.netns import list_netns
 
 ROOT = Path(__file__).resolve().parent.parent
 LABS = ROOT / "configs" / "labs"

@@ -13,9 +13,9 @@ from conftest import need_tool
 from test_ops_lib import VGuest, config, frames, wait_until
 
 from vswitch.control import Client, request
+from vswitch.daemon.switch import Switch
 from vswitch.errors import ControlError
 from vswitch.pcap import Reader
-from vswitch.switch import Switch
 
 MA, MB = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
 TIMEOUT = 30

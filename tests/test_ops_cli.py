@@ -14,7 +14,7 @@ from test_ops_lib import VGuest, frames, run_in, switch_in_thread, wait_until
 
 from vswitch.cli import main
 from vswitch.config import load_config
-from vswitch.switch import Switch
+from vswitch.daemon.switch import Switch
 
 MA, MB, MS = "02:00:00:00:00:0a", "02:00:00:00:00:0b", "52:54:00:00:00:09"
 

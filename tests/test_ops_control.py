@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 from test_ops_lib import VGuest, config, frames, wait_until
 
-from vswitch.control import MAX_REQUEST, request
+from vswitch.control import request
+from vswitch.control.server import MAX_REQUEST
+from vswitch.daemon.switch import Switch
 from vswitch.errors import ControlError
-from vswitch.switch import Switch
 
 MA, MB, MS = "02:00:00:00:00:0a", "02:00:00:00:00:0b", "02:00:00:00:00:5e"
 

@@ -23,8 +23,8 @@ from virtio_driver import GuestMemory, SplitRing, eth, net_hdr
 
 from vswitch.config import Config, parse_config
 from vswitch.control import request
+from vswitch.daemon.switch import Switch
 from vswitch.errors import ControlError
-from vswitch.switch import Switch
 
 HDR = net_hdr(12)  # VERSION_1 and MRG_RXBUF are negotiated: 12-byte header
 RING = 256

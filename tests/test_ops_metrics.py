@@ -13,8 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_ops_lib import VGuest, config, frames, wait_until
 
 from vswitch.control import request
+from vswitch.daemon.switch import Switch
 from vswitch.errors import StartupError
-from vswitch.switch import Switch
 
 MA, MB, MC = "02:00:00:00:00:0a", "02:00:00:00:00:0b", "02:00:00:00:00:0c"
 

@@ -16,7 +16,7 @@ import yaml
 from conftest import need_tool
 from e2e import SwitchProcess, build_guest_image
 
-from vswitch.guest import Guest, GuestError, Nic
+from vswitch.lab.guest import Guest, GuestError, Nic
 
 pytestmark = pytest.mark.qemu
 

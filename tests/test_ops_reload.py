@@ -16,9 +16,9 @@ from test_ops_lib import VGuest, frames, wait_until
 
 from vswitch.config import load_config
 from vswitch.control import Client, request
+from vswitch.daemon.switch import Switch
 from vswitch.errors import ControlError
 from vswitch.logs import current_level
-from vswitch.switch import Switch
 
 MA, MB, MC = "02:00:00:00:00:0a", "02:00:00:00:00:0b", "02:00:00:00:00:0c"
 S1, S2 = "52:54:00:00:00:01", "52:54:00:00:00:02"

@@ -14,7 +14,7 @@ import pytest
 from conftest import need_tool
 from test_ops_lib import VGuest, config, frames, wait_until
 
-from vswitch.switch import Switch
+from vswitch.daemon.switch import Switch
 
 MA, MB = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
 UNIT = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9}

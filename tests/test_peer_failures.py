@@ -43,8 +43,8 @@ from peers import (
 
 from vswitch.config import parse_config
 from vswitch.control import request
-from vswitch.guest import ExecResult, Guest, GuestTimeoutError, Nic
-from vswitch.switch import Switch
+from vswitch.daemon.switch import Switch
+from vswitch.lab.guest import ExecResult, Guest, GuestTimeoutError, Nic
 from vswitch.vhost import protocol as P
 from vswitch.vhost.protocol import Req
 

@@ -16,7 +16,7 @@ import pytest
 from conftest import need_tool
 from e2e import ROOT, SwitchProcess, build_guest_image
 
-from vswitch.guest import Guest, Nic
+from vswitch.lab.guest import Guest, Nic
 
 pytestmark = pytest.mark.qemu
 

@@ -27,9 +27,14 @@ import pytest
 from conftest import need_root, need_tool
 
 from vswitch.config import ConfigError, parse_config
-from vswitch.config_tap import TapPort as TapConfig
-from vswitch.lab.runner import netns_preexec
-from vswitch.tap import create_netns, delete_netns, list_netns, netns_exists
+from vswitch.config import TapPort as TapConfig
+from vswitch.netsys.netns import (
+    create_netns,
+    delete_netns,
+    list_netns,
+    netns_exists,
+    netns_preexec,
+)
 
 
 def _ns(tag: str) -> str:
@@ -144,7 +149,7 @@ def test_two_tap_ports_on_one_interface_are_refused() -> None:
 
 @contextlib.asynccontextmanager
 async def switch(tmp: Path, datapath: str, ports: list[dict[str, Any]]) -> AsyncIterator[Any]:
-    from vswitch.switch import Switch
+    from vswitch.daemon.switch import Switch
 
     conf = parse_config(
         {"control": str(tmp / "ctl.sock"), "switch": {"datapath": datapath}, "ports": ports}
@@ -236,7 +241,7 @@ async def test_persistent_tap_is_attached_and_left(tmp_path: Path) -> None:
             assert p["state"] == "up" and p["created"] is False, p
             # In use by the switch: a second opener is refused with a clear message.
             from vswitch.errors import StartupError
-            from vswitch.tap import TapPort
+            from vswitch.ports.tap import TapPort
 
             other = TapPort(TapConfig(name="p2", type="tap", ifname="ptap0", netns=ns), sw.dp)
             with pytest.raises(StartupError, match=r"tap ptap0 in netns .* is in use by another"):
@@ -359,7 +364,7 @@ async def test_host_and_vm_through_tap_with_tshark(tmp_path: Path, image: Path) 
     host running."""
     from e2e import SwitchProcess
 
-    from vswitch.guest import Guest, Nic
+    from vswitch.lab.guest import Guest, Nic
 
     need_tool("ping")
     h1, h2 = _ns("h1"), _ns("h2")

@@ -15,8 +15,8 @@ import pytest
 from vhost_frontend import QEMU_FEATURES, Frontend, eventfd
 
 from vswitch.config import parse_config
+from vswitch.daemon.switch import Switch
 from vswitch.errors import StartupError
-from vswitch.switch import Switch
 from vswitch.vhost import protocol as P
 from vswitch.vhost.protocol import PF, F, Req
 

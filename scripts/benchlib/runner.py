@@ -179,7 +179,7 @@ class Bench:
 
     async def ping(self) -> dict[str, Any]:
         """RTT between two QEMU guests through vswitch (event-driven latency)."""
-        from vswitch.guest import Guest, Nic
+        from vswitch.lab.guest import Guest, Nic
 
         await run([str(ROOT / "scripts/build-guest-image")], 900)
         sut = Vswitch(self)

@@ -24,6 +24,7 @@ import click
 
 from vswitch.errors import ConfigError, VswitchError
 from vswitch.lab.model import LabSpec, load_lab
+from vswitch.logs import LEVELS
 
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
@@ -81,7 +82,7 @@ def lab() -> None:
 )
 @click.option(
     "--switch-log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
+    type=click.Choice(LEVELS),
     help="Override the switches' log level (logs are in the lab's run directory).",
 )
 def up(file: Path, timeout: float, foreground: bool, switch_log_level: str | None) -> None:

@@ -42,16 +42,22 @@ from pydantic import (
     field_validator,
 )
 
-from vswitch.config import _describe, _DuplicateKey, _int_in, _Loader
-from vswitch.config_tap import _mac as _tap_mac
-from vswitch.config_tap import check_address, check_ifname
+from vswitch.config import DuplicateKey, StrictLoader
+from vswitch.config.fields import (
+    Address,
+    LogLevel,
+    Mtu,
+    check_ifname,
+    describe,
+    iface_mac,
+    int_in,
+)
 from vswitch.errors import ConfigError
 from vswitch.mac import format_mac
 
 __all__ = ["LabSpec", "Loc", "load_lab", "parse_lab"]
 
 Loc = tuple[int | str, ...]
-MIN_MTU, MAX_MTU = 68, 9000
 MAX_VMS = 64
 _LAB_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,15}$")
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,14}$")
@@ -61,14 +67,14 @@ NAME_FIX = "use 1-15 characters from A-Z a-z 0-9 _ -, starting with a letter, e.
 
 def _name(v: Any) -> str:
     if not isinstance(v, str) or not _NAME_RE.match(v):
-        raise ValueError(f"{_describe(v)} is not a valid name ({NAME_FIX})")
+        raise ValueError(f"{describe(v)} is not a valid name ({NAME_FIX})")
     return v
 
 
 def _lab_name(v: Any) -> str:
     if not isinstance(v, str) or not _LAB_RE.match(v):
         raise ValueError(
-            f"{_describe(v)} is not a valid lab name "
+            f"{describe(v)} is not a valid lab name "
             "(use 1-16 characters from A-Z a-z 0-9 _ -, e.g. star)"
         )
     return v
@@ -78,8 +84,6 @@ def _none_is_empty(v: Any) -> Any:
     return {} if v is None else v
 
 
-Mtu = Annotated[int, BeforeValidator(_int_in(MIN_MTU, MAX_MTU, "e.g. 1500"))]
-Address = Annotated[str, BeforeValidator(check_address)]
 
 
 class _M(BaseModel):
@@ -87,7 +91,7 @@ class _M(BaseModel):
 
 
 class InterfaceSpec(_M):
-    mac: Annotated[int | None, BeforeValidator(_tap_mac)] = Field(
+    mac: Annotated[int | None, BeforeValidator(iface_mac)] = Field(
         default=None, examples=['"52:54:00:00:01:01"']
     )
     addresses: tuple[Address, ...] = Field(default=(), examples=["[10.0.0.1/24]"])
@@ -105,7 +109,7 @@ class RouteSpec(_M):
         if v == "default":
             return v
         if not isinstance(v, str):
-            raise ValueError(f"expected a destination, got {_describe(v)} ({fix})")
+            raise ValueError(f"expected a destination, got {describe(v)} ({fix})")
         try:
             return str(ipaddress.ip_network(v.strip()))
         except ValueError as exc:
@@ -121,7 +125,7 @@ class RouteSpec(_M):
             return str(ipaddress.ip_address(v.strip() if isinstance(v, str) else v))
         except (ValueError, TypeError):
             raise ValueError(
-                f"{_describe(v)} is not an IP address (write the gateway, e.g. 10.0.0.254)"
+                f"{describe(v)} is not an IP address (write the gateway, e.g. 10.0.0.254)"
             ) from None
 
 
@@ -129,7 +133,7 @@ class NodeSpec(_M):
     type: Literal["vm", "host"] = Field(examples=["vm"])
     memory: Annotated[
         int | None,
-        BeforeValidator(lambda v: None if v is None else _int_in(64, 4096, "MiB, e.g. 128")(v)),
+        BeforeValidator(lambda v: None if v is None else int_in(64, 4096, "MiB, e.g. 128")(v)),
     ] = None
     interfaces: Annotated[
         dict[str, Annotated[InterfaceSpec, BeforeValidator(_none_is_empty)]],
@@ -140,9 +144,9 @@ class NodeSpec(_M):
 
 class SwitchSpec(_M):
     datapath: Literal["thread", "loop"] = "thread"
-    mac_age: Annotated[int, BeforeValidator(_int_in(0, 2**31 - 1, "seconds, 0 = never"))] = 300
-    fdb_size: Annotated[int, BeforeValidator(_int_in(16, 16 * 2**20, "e.g. 65536"))] = 65536
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    mac_age: Annotated[int, BeforeValidator(int_in(0, 2**31 - 1, "seconds, 0 = never"))] = 300
+    fdb_size: Annotated[int, BeforeValidator(int_in(16, 16 * 2**20, "e.g. 65536"))] = 65536
+    log_level: Annotated[str, LogLevel] = "info"  # one of vswitch.logs.LEVELS
 
 
 def _link(v: Any) -> Any:
@@ -150,7 +154,7 @@ def _link(v: Any) -> Any:
         return {"endpoints": v}
     if not isinstance(v, dict):
         raise ValueError(
-            f"{_describe(v)} is not a link (write [NODE:IFACE, SWITCH] or [SWITCH, SWITCH])"
+            f"{describe(v)} is not a link (write [NODE:IFACE, SWITCH] or [SWITCH, SWITCH])"
         )
     return v
 
@@ -167,7 +171,7 @@ class LinkSpec(_M):
             raise ValueError(f"a link joins exactly two endpoints ({fix})")
         for e in v:
             if not isinstance(e, str) or not e.strip():
-                raise ValueError(f"endpoint {_describe(e)} is not a name ({fix})")
+                raise ValueError(f"endpoint {describe(e)} is not a name ({fix})")
         return tuple(e.strip() for e in v)
 
 
@@ -597,16 +601,16 @@ def _convert(exc: ValidationError) -> list[str]:
             example = f"{key}: {f.examples[0]}" if f and f.examples else f"{key}: ..."
             text = f"required key is missing (add `{example}`)"
         elif kind == "literal_error":
-            text = f"{_describe(value)} is not allowed (use one of {ctx.get('expected')})"
+            text = f"{describe(value)} is not allowed (use one of {ctx.get('expected')})"
         elif kind in ("model_type", "model_attributes_type", "dict_type"):
             text = (
-                f"expected a mapping of `key: value` lines, got {_describe(value)} "
+                f"expected a mapping of `key: value` lines, got {describe(value)} "
                 "(see docs/lab.md)"
             )
         elif kind in ("tuple_type", "list_type"):
-            text = f"expected a list, got {_describe(value)} (write `- item` lines or [a, b])"
+            text = f"expected a list, got {describe(value)} (write `- item` lines or [a, b])"
         elif kind == "string_type":
-            text = f"expected a string, got {_describe(value)}"
+            text = f"expected a string, got {describe(value)}"
         else:
             text = f"{err['msg']} (see docs/lab.md)"
         lines.append(f"{_loc_text(loc)}: {text}" if loc else text)
@@ -619,7 +623,7 @@ def parse_lab(data: Any, *, name: str = "lab", path: Path | None = None) -> LabS
         raise ConfigError(f"{name}: the file is empty (see configs/labs/two-vms.yaml)")
     if not isinstance(data, dict):
         raise ConfigError(
-            f"{name}: the top level is {_describe(data)}, not a mapping "
+            f"{name}: the top level is {describe(data)}, not a mapping "
             "(start with `switches:`; see configs/labs/two-vms.yaml)"
         )
     try:
@@ -657,11 +661,11 @@ def load_lab(path: str | Path) -> LabSpec:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{name}: byte {exc.start}: not valid UTF-8 (save it as UTF-8)") from None
     try:
-        data = yaml.load(text, Loader=_Loader)  # a SafeLoader refusing duplicate keys
+        data = yaml.load(text, Loader=StrictLoader)  # a SafeLoader refusing duplicate keys
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        fix = "" if isinstance(exc, _DuplicateKey) else " (fix the YAML there)"
+        fix = "" if isinstance(exc, DuplicateKey) else " (fix the YAML there)"
         raise ConfigError(f"{name}: {where}{exc.problem}{fix}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{name}: YAML error: {exc} (fix the YAML)") from None

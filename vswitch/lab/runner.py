@@ -11,7 +11,7 @@ How a lab runs (docs/lab.md has the picture):
 - Each switch is a `vswitch run` child process with its own config, control socket and log
   in the lab's run directory: the product exactly as users run it, one poll thread each, and
   `vswitch ports --control RUN/sw1/ctl.sock` works on it.
-- Each VM is a QEMU guest (vswitch.guest.Guest) whose NICs are vhost-user clients of the
+- Each VM is a QEMU guest (vswitch.lab.guest.Guest) whose NICs are vhost-user clients of the
   switches' sockets; commands run in it through its serial exec agent.
 - Each host is a network namespace NAME.NODE; the switch creates its interface (a TAP port
   with the node's MAC and addresses) inside it.
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import fcntl
 import json
@@ -52,16 +51,17 @@ import yaml
 
 from vswitch.config import default_control_path
 from vswitch.errors import VswitchError
-from vswitch.guest import ExecResult, Guest, GuestError, GuestTimeoutError, Nic, image_dir
+from vswitch.lab.guest import ExecResult, Guest, GuestError, GuestTimeoutError, Nic, image_dir
 from vswitch.lab.model import LabSpec, Node, load_lab
 from vswitch.mac import format_mac
-from vswitch.tap import (
-    CLONE_NEWNET,
-    MNT_DETACH,
+from vswitch.netsys.libc import die_with_parent as _die_with_parent
+from vswitch.netsys.netns import (
     create_netns,
     delete_netns,
     netns_exists,
     netns_path,
+    netns_pids,
+    netns_preexec,
     run_in_netns,
 )
 
@@ -80,9 +80,6 @@ DEFAULT_BOOT_TIMEOUT = 180.0
 GUEST_KERNEL_ARGS = ["no_timer_check"]
 MAX_REPLY = 64 << 20
 
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNS = 0x00020000
-MS_REC, MS_SLAVE = 0x4000, 1 << 19
 
 
 class LabError(VswitchError):
@@ -101,10 +98,6 @@ def labs_root() -> Path:
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def _die_with_parent() -> None:
-    _libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _start_time(pid: int) -> int | None:
@@ -130,41 +123,6 @@ def _kill(rec: dict[str, Any], sig: int = signal.SIGKILL) -> bool:
 
 def _proc_rec(pid: int) -> dict[str, Any]:
     return {"pid": pid, "start": _start_time(pid)}
-
-
-def netns_pids(name: str) -> list[int]:
-    """Processes whose network namespace is the named one."""
-    try:
-        ino = os.stat(netns_path(name)).st_ino
-    except OSError:
-        return []
-    target = f"net:[{ino}]"
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            if os.readlink(d / "ns" / "net") == target:
-                out.append(int(d.name))
-    return out
-
-
-def _enter_netns_child(path: bytes) -> None:
-    """In a child between fork and exec: join the namespace, with its own /sys (like
-    `ip netns exec`), so /sys/class/net shows the namespace's interfaces."""
-    fd = os.open(path, os.O_RDONLY)
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        raise OSError(ctypes.get_errno(), "setns")
-    os.close(fd)
-    if _libc.unshare(CLONE_NEWNS) == 0:
-        _libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None)
-        _libc.umount2(b"/sys", MNT_DETACH)
-        _libc.mount(b"sysfs", b"/sys", b"sysfs", 0, None)
-
-
-def netns_preexec(netns: str) -> Callable[[], None]:
-    path = bytes(netns_path(netns))
-    return lambda: _enter_netns_child(path)
 
 
 def host_argv(cmd: str | list[str] | tuple[str, ...]) -> list[str]:

@@ -27,7 +27,9 @@ FLAG_NEED_REPLY = 0x8
 # The largest payload any message we accept can have (a full memory table).
 MAX_PAYLOAD = 4096
 MAX_FDS = 8
-MAX_MEM_REGIONS = 8
+# A SET_MEM_TABLE carries at most this many regions (VHOST_MEMORY_BASELINE_NREGIONS);
+# the fast path's VS_MAX_MEM_REGIONS must hold them (tests/test_limits.py).
+MEM_TABLE_MAX_REGIONS = 8
 
 # SET_VRING_KICK/CALL/ERR payload: vring index in bits 0-7, "no fd" in bit 8.
 VRING_IDX_MASK = 0xFF
@@ -235,8 +237,8 @@ def parse_mem_table(msg: Message) -> list[MemRegion]:
     if len(msg.payload) < MEM_HEADER.size:
         raise ProtocolError(f"{msg.name}: payload of {len(msg.payload)} bytes is too short")
     n, _padding = MEM_HEADER.unpack_from(msg.payload)
-    if not 1 <= n <= MAX_MEM_REGIONS:
-        raise ProtocolError(f"{msg.name}: {n} regions (1 to {MAX_MEM_REGIONS} supported)")
+    if not 1 <= n <= MEM_TABLE_MAX_REGIONS:
+        raise ProtocolError(f"{msg.name}: {n} regions (1 to {MEM_TABLE_MAX_REGIONS} supported)")
     # QEMU sends the full 8-slot array; the count says how many are meant.
     if len(msg.payload) < MEM_HEADER.size + n * MEM_REGION.size:
         raise ProtocolError(f"{msg.name}: payload too short for {n} regions")

@@ -3,7 +3,7 @@
 Shaped after libvhost-user: one method per message, a table from request to
 (method, descriptors expected), strict checks on every field before anything
 changes, and one reply path that honours REPLY_ACK.  The session never
-touches a frame: it tells the fast path (datapath.py) what the front end set
+touches a frame: it tells the fast path (vswitch/fastpath.py) what the front end set
 up, watches the kick eventfds, and calls into C when one fires.
 """
 
@@ -17,7 +17,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vswitch.datapath import MAX_QUEUES, Datapath, Region
+from vswitch.fastpath import MAX_QUEUES, Fastpath, Region
 from vswitch.vhost import protocol as P
 from vswitch.vhost.protocol import PF, F, Message, ProtocolError, Req
 from vswitch.vhost.transport import PeerClosed, close_fds, recv_message, send
@@ -64,7 +64,7 @@ class VhostSession:
         self,
         name: str,
         sock: socket.socket,
-        dp: Datapath,
+        dp: Fastpath,
         port: int,
         mtu: int,
         on_state: Callable[[], None] | None = None,
@@ -80,7 +80,6 @@ class VhostSession:
         self.protocol_features = 0
         self.status = 0
         self.mtu = mtu
-        self.owner = False
         self.backend_fd = -1
         self.vrings = [Vring() for _ in range(MAX_QUEUES)]
         self._was_up = False
@@ -141,7 +140,7 @@ class VhostSession:
             raise ProtocolError(f"unsupported {msg.name}")
         handler, fds = entry
         want = fds(msg) if callable(fds) else fds
-        if len(msg.fds) != want:
+        if want is not None and len(msg.fds) != want:
             raise ProtocolError(f"{msg.name}: {len(msg.fds)} file descriptors, want {want}")
         log.debug("port %s: %s", self.name, msg.name)
         try:
@@ -195,7 +194,7 @@ class VhostSession:
         self.protocol_features = pf
 
     def _set_owner(self, msg: Message) -> None:
-        self.owner = True
+        """Nothing to record: one front end per connection is the only owner there is."""
 
     def _reset_owner(self, msg: Message) -> None:
         # Deprecated; vhost-user.rst: back ends should ignore it or disable
@@ -418,12 +417,14 @@ def _fd_if_present(msg: Message) -> int:
 
 
 _Handler = Callable[[VhostSession, Message], "bytes | None"]
-_HANDLERS: dict[int, tuple[_Handler, int | Callable[[Message], int]]] = {
+# The descriptors each message carries: a count, a function of the message, or None
+# where the handler checks them against the payload (a memory table: one per region).
+_HANDLERS: dict[int, tuple[_Handler, int | Callable[[Message], int] | None]] = {
     Req.GET_FEATURES: (VhostSession._get_features, 0),
     Req.SET_FEATURES: (VhostSession._set_features, 0),
     Req.SET_OWNER: (VhostSession._set_owner, 0),
     Req.RESET_OWNER: (VhostSession._reset_owner, 0),
-    Req.SET_MEM_TABLE: (VhostSession._set_mem_table, lambda m: len(m.fds)),
+    Req.SET_MEM_TABLE: (VhostSession._set_mem_table, None),
     Req.SET_VRING_NUM: (VhostSession._set_vring_num, 0),
     Req.SET_VRING_ADDR: (VhostSession._set_vring_addr, 0),
     Req.SET_VRING_BASE: (VhostSession._set_vring_base, 0),

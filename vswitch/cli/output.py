@@ -1,12 +1,25 @@
-"""Human output of the CLI: aligned tables for ports, the MAC table, counters, reloads."""
+"""Human output of the CLI: aligned tables for ports, the MAC table, counters, reloads,
+and the one way a command fails (an `error:` line per message line, then an exit code)."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
+
+import click
+
+EXIT_RUNTIME = 1  # startup failed, daemon unreachable, the daemon refused a command
+EXIT_USAGE = 2  # bad config or command line (click uses 2 too)
 
 
-def table(header: Sequence[str], rows: list[list[str]], right: set[int]) -> list[str]:
+def fail(msg: str, code: int = EXIT_RUNTIME) -> NoReturn:
+    for line in msg.splitlines() or [""]:
+        click.echo(f"error: {line}", err=True)
+    sys.exit(code)
+
+
+def table(header: Sequence[str], rows: list[list[str]], right: set[int] = frozenset()) -> list[str]:
     """Columns padded to their widest cell, two spaces apart; `right` columns right-aligned."""
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
 
@@ -95,7 +108,7 @@ def format_stats(stats: dict[str, Any]) -> str:
     lines = []
     uptime = stats.get("uptime")
     if uptime is not None:
-        lines.append(f"uptime {_duration(float(uptime))}")
+        lines.append(f"uptime {duration(float(uptime))}")
     rl = stats.get("reloads") or {}
     if rl:
         lines.append(f"reloads {rl.get('ok', 0)} ok, {rl.get('failed', 0)} failed")
@@ -125,11 +138,7 @@ def format_reload(result: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def plural(n: int, one: str, many: str) -> str:
-    return f"{n} {one if n == 1 else many}"
-
-
-def _duration(s: float) -> str:
+def duration(s: float) -> str:
     d, rest = divmod(int(s), 86400)
     h, rest = divmod(rest, 3600)
     m, sec = divmod(rest, 60)

@@ -15,6 +15,10 @@ without touching what did not change.
   file; a new `control` path needs a restart (the reload is answered on the old one).
 
 Every change is logged in one line, and returned to the caller.
+
+`diff()` is pure: it compares two configurations and asks each port kind (its
+`Port.restarts()`) whether a change needs a restart.  `apply()` carries the plan out on a
+running switch through the Port interface; it knows no port kind's details.
 """
 
 from __future__ import annotations
@@ -22,24 +26,32 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from vswitch.config import Config
-from vswitch.control import prepare_socket_path
+from vswitch.config import Config, PortConfig
 from vswitch.errors import StartupError
+from vswitch.fastpath import Fastpath
 from vswitch.logs import set_config_level
 from vswitch.mac import format_mac
-
-if TYPE_CHECKING:
-    from vswitch.switch import PortConfig, Switch
+from vswitch.netsys.unix import prepare_socket_path
+from vswitch.ports import KINDS, Port
 
 log = logging.getLogger("vswitch.reload")
 
-# Port fields a running port can take without a restart, by port type: the switch-side
-# settings for every type; the MTU and the socket file only where done for that type.
-IN_PLACE_ANY = {"mac_limit", "static_macs"}
-IN_PLACE = {"vhost-user": IN_PLACE_ANY | {"mtu", "socket_mode", "owner", "group"}}
-SOCKET_FILE = {"socket_mode", "owner", "group"}  # only for a port listening on its path
+
+class Target(Protocol):
+    """What apply() changes: the running switch (vswitch.daemon.switch.Switch)."""
+
+    dp: Fastpath | None
+    ports: dict[str, Port]
+
+    async def add_port(self, pc: PortConfig) -> None: ...
+    async def remove_port(self, name: str, why: str = ...) -> None: ...
+    async def start_metrics(self, host: str, port: int) -> None: ...
+    async def stop_metrics(self) -> None: ...
+
+
+POLL_SETTINGS = ("poll_idle_us", "poll_linger_ns")
 NEEDS_RESTART = {
     "fdb_size": "the MAC table is sized at start; restart vswitch to resize it",
     "datapath": "the data path mode is chosen at start; restart vswitch to change it",
@@ -51,22 +63,11 @@ class PortChange:
     old: PortConfig
     new: PortConfig
     fields: list[str]
+    restart: bool  # the port kind cannot take the change while running
 
     @property
     def name(self) -> str:
         return self.new.name
-
-    @property
-    def restart(self) -> bool:
-        # The kernel interface's MTU is set when the tap is created.
-        if self.new.type == "tap" and "mtu" in self.fields:
-            return True
-        in_place = (
-            IN_PLACE.get(self.new.type, IN_PLACE_ANY) if self.old.type == self.new.type else set()
-        )
-        if any(f not in in_place for f in self.fields):
-            return True
-        return bool(SOCKET_FILE & set(self.fields)) and not _listens(self.new)
 
 
 @dataclass
@@ -82,10 +83,6 @@ class Plan:
     errors: list[str] = field(default_factory=list)  # changes that failed
 
 
-def _listens(pc: PortConfig) -> bool:
-    return pc.type == "vhost-user" and getattr(pc, "mode", "server") == "server"
-
-
 def _fields(a: Any, b: Any) -> list[str]:
     return [k for k in type(b).model_fields if getattr(a, k, None) != getattr(b, k, None)]
 
@@ -98,7 +95,9 @@ def diff(old: Config, new: Config) -> Plan:
     plan.added = [p for n, p in after.items() if n not in before]
     for n, p in after.items():
         if n in before and before[n] != p:
-            plan.changed.append(PortChange(before[n], p, _fields(before[n], p)))
+            fields = _fields(before[n], p)
+            restart = KINDS[p.type].restarts(before[n], p, fields)
+            plan.changed.append(PortChange(before[n], p, fields, restart))
     plan.switch = _fields(old.switch, new.switch)
     return plan
 
@@ -126,12 +125,12 @@ def _fail(plan: Plan, text: str) -> None:
     log.error("reload: %s", text, extra={"event": "reload"})
 
 
-def _precheck(sw: Switch, plan: Plan) -> None:
+def _precheck(plan: Plan) -> None:
     """Refuse, before changing anything, a new socket path that another process holds."""
     ours = {p for pc in plan.old.ports for p in pc.socket_paths}
     starting = plan.added + [c.new for c in plan.changed if c.restart]
     for pc in starting:
-        if not _listens(pc):
+        if not pc.listens:
             continue
         for path in pc.socket_paths:
             if path not in ours:
@@ -141,11 +140,9 @@ def _precheck(sw: Switch, plan: Plan) -> None:
                     raise StartupError(f"port {pc.name}: {exc}") from None
 
 
-async def apply(sw: Switch, plan: Plan) -> Config:
+async def apply(sw: Target, plan: Plan) -> Config:
     """Apply the plan to the running switch; returns the configuration now in force."""
-    assert sw.dp is not None
-    dp = sw.dp
-    _precheck(sw, plan)
+    _precheck(plan)
     running: dict[str, PortConfig] = {p.name: p for p in plan.old.ports}
 
     # 1. Ports that go away or restart: their captures end, their sockets close.
@@ -161,14 +158,17 @@ async def apply(sw: Switch, plan: Plan) -> Config:
     # 2. In-place changes: static MACs leave first, so one can move between ports.
     in_place = [c for c in plan.changed if not c.restart]
     for c in in_place:
-        for mac in set(c.old.static_macs) - set(c.new.static_macs):
-            dp.fdb_del(mac)
+        sw.ports[c.name].release_static_macs(c.new)
     for c in in_place:
+        what = _changes(c.old, c.new, c.fields)
         try:
-            _change_in_place(sw, c, plan)
+            notes = sw.ports[c.name].reconfigure(c.new, c.fields)
         except OSError as exc:
-            _fail(plan, f"port {c.name}: {_changes(c.old, c.new, c.fields)} failed: {exc}")
+            _fail(plan, f"port {c.name}: {what} failed: {exc}")
             continue
+        for line in notes:
+            _note(plan, f"port {c.name}: {line}")
+        _note(plan, f"port {c.name}: {what}")
         running[c.name] = c.new
 
     # 3. New and restarted ports.
@@ -225,43 +225,14 @@ def _changes(old: Any, new: Any, fields: list[str]) -> str:
     )
 
 
-def _change_in_place(sw: Switch, c: PortChange, plan: Plan) -> None:
-    assert sw.dp is not None
-    dp, port = sw.dp, sw.ports[c.name]
-    pid, new, old = port.port, c.new, c.old
-    if new.mtu != old.mtu:
-        mtu = new.mtu
-        s = getattr(port, "session", None)
-        if s is not None:
-            if s.mtu < old.mtu:  # the front end asked for less (NET_SET_MTU): keep honouring it
-                mtu = min(s.mtu, new.mtu)
-            s.max_mtu, s.mtu = new.mtu, mtu
-        dp.set_mtu(pid, mtu)
-    if new.mac_limit != old.mac_limit:
-        dp.set_mac_limit(pid, new.mac_limit)
-        have = dp.port_stats(pid)["fdb_count"]
-        if new.mac_limit and have > new.mac_limit:
-            n = dp.fdb_flush(pid)
-            _note(plan, f"port {c.name}: {n} dynamic MAC(s) flushed to honour mac_limit")
-    for mac in new.static_macs:
-        if mac not in old.static_macs:
-            dp.fdb_add(mac, pid, static=True)
-    if SOCKET_FILE & set(c.fields):
-        os.chmod(new.path, new.socket_mode)
-        if new.owner is not None or new.group is not None:
-            os.chown(
-                new.path,
-                -1 if new.owner is None else new.owner,
-                -1 if new.group is None else new.group,
-            )
-    port.cfg = new
-    _note(plan, f"port {c.name}: {_changes(old, new, c.fields)}")
-
-
-def _apply_switch(sw: Switch, plan: Plan) -> Any:
+def _apply_switch(sw: Target, plan: Plan) -> Any:
     assert sw.dp is not None
     old, new = plan.old.switch, plan.new.switch
     keep: dict[str, Any] = {}
+    # The poll thread restarts once, however many of its settings changed.
+    if sw.dp.threaded and any(f in POLL_SETTINGS for f in plan.switch):
+        sw.dp.stop_thread()
+        sw.dp.start_thread(new.poll_idle_us, new.poll_linger_ns)
     for f in plan.switch:
         a, b = getattr(old, f), getattr(new, f)
         text = f"switch.{f} {_show(a)} -> {_show(b)}"
@@ -272,11 +243,9 @@ def _apply_switch(sw: Switch, plan: Plan) -> Any:
                 _note(plan, text)
             else:
                 _warn(plan, f"{text} not applied: --log-level on the command line wins")
-        elif f in ("poll_idle_us", "poll_linger_ns") and sw.dp.threaded:
-            sw.dp.stop_thread()
-            sw.dp.start_thread(new.poll_idle_us, new.poll_linger_ns)
+        elif f in POLL_SETTINGS and sw.dp.threaded:
             _note(plan, text)
-        elif f in ("poll_idle_us", "poll_linger_ns"):
+        elif f in POLL_SETTINGS:
             _note(plan, text + " (unused with datapath: loop)")
         else:
             keep[f] = a
@@ -285,7 +254,7 @@ def _apply_switch(sw: Switch, plan: Plan) -> Any:
     return new.model_copy(update=keep)
 
 
-async def _apply_metrics(sw: Switch, plan: Plan) -> Any:
+async def _apply_metrics(sw: Target, plan: Plan) -> Any:
     old, new = plan.old.metrics, plan.new.metrics
     if old == new:
         return old

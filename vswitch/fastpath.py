@@ -1,4 +1,4 @@
-"""The C fast path seen from Python: a switch object and its ports.
+"""The cffi wrapper around the C fast path (csrc/): a switch object and its ports.
 
 Thin on purpose: each method is one call into csrc/ (see fastpath.h), with
 negative errno returns turned into OSError.  Nothing here touches a frame.
@@ -67,14 +67,14 @@ def _parked(method: F) -> F:
     control plane changes what the data path sees (design.md, "quiesce")."""
 
     @functools.wraps(method)
-    def wrapper(self: Datapath, *args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: Fastpath, *args: Any, **kwargs: Any) -> Any:
         with self.paused():
             return method(self, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
 
-class Datapath:
+class Fastpath:
     """One vs_switch.  Call close() (or use `with`) to free it.
 
     Two ways to drive it: the event loop calls kick() when a kick eventfd or
@@ -137,15 +137,11 @@ class Datapath:
             if self._pauses == 0:
                 lib.vs_run_resume(self._sw)
 
-    def __enter__(self) -> Datapath:
+    def __enter__(self) -> Fastpath:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    @property
-    def handle(self):
-        return self._sw
 
     # Ports
 

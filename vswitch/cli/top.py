@@ -20,9 +20,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from vswitch.cli.output import drops, si
 from vswitch.control import Client
 from vswitch.errors import ControlError
-from vswitch.tables import drops, si
 
 
 @dataclass

@@ -12,27 +12,29 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, Any
 
 import click
 
 from vswitch import __version__
+from vswitch.cli.output import (
+    EXIT_RUNTIME,
+    EXIT_USAGE,
+    format_fdb,
+    format_ports,
+    format_reload,
+    format_stats,
+)
+from vswitch.cli.output import fail as _fail
 from vswitch.config import Config, default_control_path, load_config
-from vswitch.control import ensure_socket_dir, request
+from vswitch.control import request
 from vswitch.errors import ConfigError, ControlError, StartupError
 from vswitch.logs import FORMATS, LEVELS, setup_logging
-from vswitch.tables import format_fdb, format_ports, format_reload, format_stats, plural
+from vswitch.netsys.unix import ensure_socket_dir
+from vswitch.text import plural
 
 log = logging.getLogger("vswitch")
 
-EXIT_RUNTIME = 1  # startup failed, daemon unreachable, the daemon refused a command
-EXIT_USAGE = 2  # bad config or command line (click uses 2 too)
-
-
-def _fail(msg: str, code: int) -> NoReturn:
-    for line in msg.splitlines() or [""]:
-        click.echo(f"error: {line}", err=True)
-    sys.exit(code)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -79,7 +81,9 @@ def run(config: Path, log_level: str | None, log_format: str) -> None:
 
 
 async def _serve(cfg: Config) -> None:
-    from vswitch.switch import Switch  # imported late: the data plane is not needed to fail fast
+    from vswitch.daemon.switch import (
+        Switch,  # imported late: the data plane is not needed to fail fast
+    )
 
     if cfg.control_is_default:
         ensure_socket_dir(cfg.control)
@@ -330,7 +334,8 @@ def capture(
 
     Stops after --count frames, --duration seconds, or Ctrl-C; a slow reader makes the
     capture drop frames (reported at the end), never the port."""
-    from vswitch.capture import CaptureArgs, run_client
+    from vswitch.cli.capture import run_client
+    from vswitch.daemon.capture import CaptureArgs
 
     path = _control_path(control, config)
     if out == "-" and sys.stdout.isatty():
@@ -375,7 +380,7 @@ def capture(
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path), help="Config file.")
 def top(interval: float, iterations: int | None, control: Path | None, config: Path | None) -> None:
     """Live per-port rates: rx/tx packets and bits per second, drops, MACs (Ctrl-C quits)."""
-    from vswitch.top import run_top
+    from vswitch.cli.top import run_top
 
     path = _control_path(control, config)
     with contextlib.suppress(KeyboardInterrupt):

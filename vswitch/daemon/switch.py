@@ -10,22 +10,20 @@ import time
 from typing import Any
 
 from vswitch import __version__
-from vswitch.capture import Capture
-from vswitch.config import Config, VhostUserPort, load_config
-from vswitch.config_tap import TapPort as TapPortConfig
+from vswitch.config import Config, PortConfig, load_config
 from vswitch.control import ControlServer, make_handler
-from vswitch.datapath import Datapath
+from vswitch.daemon.capture import Capture
+from vswitch.daemon.commands import commands
+from vswitch.daemon.metrics import MetricsServer, Snapshot
+from vswitch.daemon.reload import apply, diff
 from vswitch.errors import ConfigError, ControlError, StartupError
-from vswitch.metrics import MetricsServer, Snapshot
-from vswitch.tap import TapPort
-from vswitch.vhost.port import VhostPort
+from vswitch.fastpath import Fastpath
+from vswitch.ports import Port, new_port
 
 log = logging.getLogger("vswitch")
 
 AGE_INTERVAL = 1.0
-
-PortConfig = VhostUserPort | TapPortConfig
-AnyPort = VhostPort | TapPort
+CHECK_INTERVAL = 1.0
 
 
 class Switch:
@@ -33,8 +31,8 @@ class Switch:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.dp: Datapath | None = None
-        self.ports: dict[str, AnyPort] = {}
+        self.dp: Fastpath | None = None
+        self.ports: dict[str, Port] = {}
         self.captures: dict[str, Capture] = {}
         self.metrics: MetricsServer | None = None
         self.start_time = time.time()
@@ -56,14 +54,12 @@ class Switch:
         await self._shutdown()
 
     async def _start(self) -> None:
-        from vswitch.api import commands  # the control commands need the whole Switch
-
         cfg = self.config
-        self.dp = Datapath(cfg.switch.fdb_size)
+        self.dp = Fastpath(cfg.switch.fdb_size)
         if cfg.switch.datapath == "thread":
             # Before any port exists, so no session ever watches kicks itself.
             self.dp.start_thread(cfg.switch.poll_idle_us, cfg.switch.poll_linger_ns)
-            self._timers.append(asyncio.create_task(self._watch_rings(), name="ring watch"))
+        self._timers.append(asyncio.create_task(self._check_ports(), name="port checks"))
         for pc in cfg.ports:
             await self.add_port(pc)
         control = ControlServer(
@@ -109,21 +105,13 @@ class Switch:
 
     # Ports
 
-    def new_port(self, pc: PortConfig) -> AnyPort:
-        """The (unstarted) port object for one `ports:` entry: new port types go here."""
-        assert self.dp is not None
-        if pc.type == "tap":
-            return TapPort(pc, self.dp)
-        return VhostPort(pc, self.dp)
-
     async def add_port(self, pc: PortConfig) -> None:
         """Create and start a port; on failure nothing of it is left."""
         assert self.dp is not None
-        port = self.new_port(pc)
+        port = new_port(pc, self.dp)
         self.ports[pc.name] = port  # so that a shutdown during start() stops it
         try:
             await port.start()
-            self.dp.set_mac_limit(port.port, pc.mac_limit)
         except BaseException:
             self.ports.pop(pc.name, None)
             await port.stop()
@@ -192,8 +180,6 @@ class Switch:
 
         An invalid file is refused with ControlError and the running configuration stays.
         Returns {"file", "changes", "warnings"}: one line per change applied or not."""
-        from vswitch.reload import apply, diff
-
         async with self._reload_lock:
             source = self.config.source
             if new is None:
@@ -241,11 +227,12 @@ class Switch:
 
     # Timers
 
-    async def _watch_rings(self) -> None:
-        """With a poll thread no kick handler sees a ring break: look each second."""
+    async def _check_ports(self) -> None:
+        """Each port's housekeeping, once a second: with a poll thread no kick handler
+        sees a ring break, and a tap's interface can vanish between two frames."""
         while True:
-            await asyncio.sleep(AGE_INTERVAL)
-            for port in self.ports.values():
+            await asyncio.sleep(CHECK_INTERVAL)
+            for port in list(self.ports.values()):
                 port.check()
 
     async def _age(self) -> None:

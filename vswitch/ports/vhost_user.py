@@ -1,5 +1,6 @@
-"""A vhost-user port in server mode: a listening unix socket, at most one
-front end at a time, and the fast-path port it feeds."""
+"""vhost-user ports: a QEMU guest (or another front end) on a unix socket, at most one
+front end at a time, and the fast-path port it feeds.  The switch listens on the socket
+(`mode: server`) or connects to the front end's (`mode: client`)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import contextlib
 import logging
 import os
 import socket
-from typing import Any
+from typing import Any, ClassVar
 
-from vswitch.config import VhostUserPort as PortConfig
-from vswitch.control import listen_unix
-from vswitch.datapath import Datapath
+from vswitch.config import PortConfig, VhostUserPort
 from vswitch.errors import StartupError
+from vswitch.fastpath import PORT_VHOST, Fastpath
 from vswitch.mac import format_mac
+from vswitch.netsys.unix import listen_unix
+from vswitch.ports.base import Port
 from vswitch.vhost import protocol as P
 from vswitch.vhost.session import VhostSession
 
@@ -25,12 +27,14 @@ RETRY_MIN = 0.1
 RETRY_MAX = 2.0
 
 
-class VhostPort:
-    def __init__(self, cfg: PortConfig, dp: Datapath) -> None:
-        self.cfg = cfg
-        self.name = cfg.name
-        self.dp = dp
-        self.port = -1
+class VhostPort(Port):
+    kind = "vhost-user"
+    SOCKET_FILE: ClassVar[frozenset[str]] = frozenset({"socket_mode", "owner", "group"})
+    IN_PLACE = Port.IN_PLACE | {"mtu"} | SOCKET_FILE
+    cfg: VhostUserPort
+
+    def __init__(self, cfg: VhostUserPort, dp: Fastpath) -> None:
+        super().__init__(cfg, dp)
         self.session: VhostSession | None = None
         self.connects = 0
         self._listener: socket.socket | None = None
@@ -54,9 +58,7 @@ class VhostPort:
         log.info("port %s: listening on %s", self.name, path)
 
     def _open_port(self) -> None:
-        self.port = self.dp.open_port(self.cfg.mtu)
-        for mac in self.cfg.static_macs:
-            self.dp.fdb_add(mac, self.port, static=True)
+        self._open(PORT_VHOST)
 
     async def stop(self) -> None:
         for task in (self._accept_task, self._session_task):
@@ -69,9 +71,7 @@ class VhostPort:
             self._listener = None
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.cfg.path)
-        if self.port >= 0:
-            self.dp.close_port(self.port)
-            self.port = -1
+        self._close()
 
     async def _accept(self) -> None:
         loop = asyncio.get_running_loop()
@@ -140,17 +140,43 @@ class VhostPort:
         if self.session is not None:
             self.session.check_broken()
 
+    @property
+    def state(self) -> str:
+        state = super().state
+        if state != "down" or self.session is not None:
+            return state
+        return "connecting" if self.cfg.mode == "client" else "listening"
+
+    @classmethod
+    def restarts(cls, old: PortConfig, new: PortConfig, fields: list[str]) -> bool:
+        # Only a port listening on its path owns the socket file it would chmod.
+        if cls.SOCKET_FILE & set(fields) and not new.listens:
+            return True
+        return super().restarts(old, new, fields)
+
+    def _reconfigure(self, new: PortConfig, fields: list[str]) -> None:
+        assert isinstance(new, VhostUserPort)
+        old = self.cfg
+        if new.mtu != old.mtu:
+            mtu = new.mtu
+            s = self.session
+            if s is not None:
+                if s.mtu < old.mtu:  # the front end asked for less (NET_SET_MTU): keep it
+                    mtu = min(s.mtu, new.mtu)
+                s.max_mtu, s.mtu = new.mtu, mtu
+            self.dp.set_mtu(self.port, mtu)
+        if self.SOCKET_FILE & set(fields):
+            os.chmod(new.path, new.socket_mode)
+            if new.owner is not None or new.group is not None:
+                os.chown(
+                    new.path,
+                    -1 if new.owner is None else new.owner,
+                    -1 if new.group is None else new.group,
+                )
+
     def info(self) -> dict[str, Any]:
         s = self.session
-        state = self.dp.state(self.port) if self.port >= 0 else 0
-        if state & 4:
-            status = "broken"
-        elif state & 2:
-            status = "up"
-        elif s is not None:
-            status = "down"
-        else:
-            status = "connecting" if self.cfg.mode == "client" else "listening"
+        status = self.state
         queues = []
         if s is not None:
             for q, vr in enumerate(s.vrings):
@@ -166,9 +192,7 @@ class VhostPort:
             "name": self.name,
             "type": "vhost-user",
             "path": str(self.cfg.path),
-            "state": "connecting"
-            if status == "listening" and self.cfg.mode == "client"
-            else status,
+            "state": status,
             "mode": self.cfg.mode,
             "peer": "connected" if s is not None else None,
             "connects": self.connects,
@@ -177,6 +201,6 @@ class VhostPort:
             "mtu": s.mtu if s else self.cfg.mtu,
             "queues": queues,
             "counters": self.dp.port_stats(self.port) if self.port >= 0 else {},
-            "error": (self.dp.error(self.port) or None) if state & 4 else None,
+            "error": (self.dp.error(self.port) or None) if status == "broken" else None,
             "static_macs": [format_mac(m) for m in self.cfg.static_macs],
         }

@@ -10,21 +10,36 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from vswitch import __version__
-from vswitch.capture import DEFAULT_BUFFER, MAX_SNAPLEN, Capture, parse_args
 from vswitch.control import Stream
+from vswitch.daemon.capture import DEFAULT_BUFFER, MAX_SNAPLEN, Capture, parse_args
+from vswitch.daemon.metrics import MetricsServer
 from vswitch.errors import ControlError
+from vswitch.fastpath import Fastpath
 from vswitch.mac import format_mac, parse_static_mac
-from vswitch.tables import plural
-
-if TYPE_CHECKING:
-    from vswitch.switch import Switch
+from vswitch.ports import Port
+from vswitch.text import plural
 
 log = logging.getLogger("vswitch.control")
 
 Command = Callable[..., Awaitable[Any]]
+
+
+class SwitchState(Protocol):
+    """What the commands read and change: the running switch (vswitch.daemon.switch)."""
+
+    dp: Fastpath | None
+    ports: dict[str, Port]
+    captures: dict[str, Capture]
+    metrics: MetricsServer | None
+    start_time: float
+    reloads: dict[str, Any]
+
+    def port_id(self, name: str) -> int: ...
+    def port_name(self, port_id: int) -> str: ...
+    async def reload(self) -> dict[str, Any]: ...
 
 
 def _port_arg(v: Any, what: str = "port") -> str:
@@ -48,10 +63,10 @@ def _mac_arg(v: Any) -> int:
         raise ControlError(f"mac: {exc}") from None
 
 
-def commands(sw: Switch) -> dict[str, Command]:
+def commands(sw: SwitchState) -> dict[str, Command]:
     """The command table for make_handler()."""
 
-    def dp() -> Any:
+    def dp() -> Fastpath:
         if sw.dp is None:
             raise ControlError("the switch is not running")
         return sw.dp

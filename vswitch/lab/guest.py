@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import ctypes
 import itertools
 import os
 import re
@@ -38,6 +37,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
+
+from vswitch.netsys.libc import die_with_parent as _die_with_parent
+from vswitch.text import tail as _tail
 
 MAX_LINE = 64 << 20
 _LINE_RE = re.compile(
@@ -97,18 +99,6 @@ def image_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
                 f"`scripts/build-guest-image {d}`"
             )
     return d
-
-
-try:
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not after fork()
-except (OSError, AttributeError):
-    _prctl = None
-
-
-def _die_with_parent() -> None:
-    """In QEMU between fork and exec: die with us, never linger as an orphan."""
-    if _prctl is not None:
-        _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class Guest:
@@ -429,16 +419,6 @@ class Guest:
     @staticmethod
     async def _tail(path: Path, lines: int = 30) -> str:
         return await asyncio.to_thread(_tail, path, lines)
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        with open(path, "rb") as f:  # read at most the last 64 KiB
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
-            data = f.read()
-    except OSError as e:
-        return f"({e})"
-    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
 
 def _q(value: object) -> str:

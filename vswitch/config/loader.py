@@ -1,0 +1,201 @@
+"""Reading a configuration file: a strict YAML loader, and pydantic's errors turned
+into one line per problem, `FILE: FIELD: problem (what to do)`.
+
+The loader and the renderer serve every model (the lab's files too): give `render_errors`
+the model classes that own each location.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from vswitch.config.fields import describe
+from vswitch.config.model import Config, Loc, MetricsConfig, Problems, SwitchConfig
+from vswitch.config.ports import PORT_TYPES
+from vswitch.errors import ConfigError
+
+
+class DuplicateKey(yaml.constructor.ConstructorError):
+    pass
+
+
+class StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys and reads 52:54:00:00:00:01 as a string."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, list | dict):
+                continue  # SafeConstructor reports unhashable keys itself
+            if key in seen:
+                first = seen[key].start_mark.line + 1
+                raise DuplicateKey(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first at line {first}; keep only one)",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+def _no_base60(base: Callable[[yaml.SafeLoader, yaml.ScalarNode], Any]) -> Any:
+    """YAML 1.1 reads 52:54:00:00:00:01 as a base-60 number: keep such scalars as strings."""
+
+    def construct(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+        return node.value if ":" in node.value else base(loader, node)
+
+    return construct
+
+
+_SL = yaml.SafeLoader
+StrictLoader.add_constructor("tag:yaml.org,2002:int", _no_base60(_SL.construct_yaml_int))
+StrictLoader.add_constructor("tag:yaml.org,2002:float", _no_base60(_SL.construct_yaml_float))
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _loc_text(loc: Loc, data: Any) -> str:
+    """("ports", 1, "path") -> "ports[1] (vm2).path", naming the port when the data has it."""
+    out = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+        if i == 1 and loc[0] == "ports" and isinstance(part, int) and isinstance(data, dict):
+            ports = data.get("ports")
+            port = ports[part] if isinstance(ports, list) and part < len(ports) else None
+            name = port.get("name") if isinstance(port, dict) else None
+            if isinstance(name, str) and name:
+                out += f" ({name})"
+    return out
+
+
+def _strip_tags(loc: Loc) -> tuple[Loc, type[BaseModel] | None]:
+    """Drop the union tag pydantic puts after ports[i]; find the model owning the last key."""
+    out: list[int | str] = []
+    model: type[BaseModel] | None = Config
+    for part in loc:
+        if isinstance(part, str) and part in PORT_TYPES and out and isinstance(out[-1], int):
+            model = PORT_TYPES[part]
+            continue
+        out.append(part)
+    parent = out[:-1]
+    if parent == ["switch"]:
+        model = SwitchConfig
+    elif parent == ["metrics"]:
+        model = MetricsConfig
+    elif not parent:
+        model = Config
+    elif not (len(parent) == 2 and parent[0] == "ports" and isinstance(parent[1], int)):
+        model = None
+    return tuple(out), model
+
+
+def _example(model: type[BaseModel] | None, key: str) -> str:
+    field = model.model_fields.get(key) if model else None
+    if field is None or not field.examples:
+        return f"{key}: ..."
+    return f"{key}: {field.examples[0]}"
+
+
+def _problem(err: dict[str, Any], model: type[BaseModel] | None, key: str) -> str:
+    kind, value = err["type"], err.get("input")
+    ctx = err.get("ctx") or {}
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"])).removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        known = sorted(model.model_fields) if model else []
+        close = difflib.get_close_matches(str(key), known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return f"unknown key ({hint}known keys here: {', '.join(known)})"
+    if kind == "missing":
+        return f"required key is missing (add `{_example(model, key)}`)"
+    if kind == "union_tag_invalid":
+        return f"unknown port type {ctx.get('tag')!r} (known types: {', '.join(PORT_TYPES)})"
+    if kind == "union_tag_not_found":
+        known = ", ".join(PORT_TYPES)
+        return f"required key is missing (add `type: vhost-user`; known types: {known})"
+    if kind == "literal_error":
+        return f"{describe(value)} is not allowed (use one of {ctx.get('expected')})"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return (
+            f"expected a mapping of `key: value` lines, got {describe(value)} (see docs/config.md)"
+        )
+    if kind in ("tuple_type", "list_type"):
+        return f"expected a list, got {describe(value)} (write `- item` lines or [a, b])"
+    return f"{err['msg']} (see docs/config.md)"
+
+
+def _convert(exc: ValidationError, data: Any) -> list[str]:
+    lines: list[str] = []
+    for err in exc.errors(include_url=False):
+        problems = (err.get("ctx") or {}).get("error")
+        if isinstance(problems, Problems):
+            lines += [f"{_loc_text(loc, data)}: {msg}" for loc, msg in problems.problems]
+            continue
+        loc, model = _strip_tags(tuple(err["loc"]))
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            loc, model = (*loc, "type"), PORT_TYPES["vhost-user"]
+        key = str(loc[-1]) if loc else ""
+        text = _problem(err, model, key)
+        lines.append(f"{_loc_text(loc, data)}: {text}" if loc else text)
+    return list(dict.fromkeys(lines))
+
+
+def parse_config(data: Any, *, name: str = "config", base_dir: Path | None = None) -> Config:
+    """Validate already-parsed YAML data (a dict) into a Config; ConfigError on problems."""
+    if data is None:
+        raise ConfigError(
+            f"{name}: the file is empty (add a `ports:` list; see configs/minimal.yaml)"
+        )
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{name}: the top level is {describe(data)}, not a mapping "
+            "(start with `ports:`; see configs/minimal.yaml)"
+        )
+    try:
+        return Config.model_validate(data, context={"base_dir": base_dir or Path.cwd()})
+    except ValidationError as exc:
+        raise ConfigError("\n".join(f"{name}: {line}" for line in _convert(exc, data))) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file.  Blocking: use asyncio.to_thread on the loop."""
+    name = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"{name}: cannot read the file: {exc.strerror} (check the path)"
+        ) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{name}: byte {exc.start}: not valid UTF-8 (save it as UTF-8)") from None
+    try:
+        data = yaml.load(text, Loader=StrictLoader)  # StrictLoader is a SafeLoader
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = (
+            exc.problem if isinstance(exc, DuplicateKey) else f"YAML syntax error: {exc.problem}"
+        )
+        fix = "" if isinstance(exc, DuplicateKey) else " (fix the YAML there)"
+        raise ConfigError(f"{name}: {where}{what}{fix}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{name}: YAML error: {exc} (fix the YAML)") from None
+    cfg = parse_config(data, name=name, base_dir=Path(path).absolute().parent)
+    cfg._source = Path(path).absolute()
+    return cfg

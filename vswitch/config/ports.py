@@ -1,0 +1,116 @@
+"""The port models, one per `type:` of a `ports:` entry.
+
+A new kind of port adds its model here and to PORT_TYPES; the Port union follows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from vswitch.config.fields import (
+    Address,
+    FileMode,
+    Mac,
+    MacLimit,
+    Mtu,
+    PortName,
+    SocketPath,
+    check_bool,
+    check_ifname,
+    check_netns_name,
+    id_lookup,
+    iface_mac,
+    unique_addresses,
+)
+from vswitch.limits import DEFAULT_MAC_LIMIT
+
+
+class Model(BaseModel):
+    """Every configuration model: unknown keys refused, values frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VhostUserPort(Model):
+    """A port a QEMU guest attaches to with `-netdev vhost-user`.
+
+    mode server: the switch listens on path and QEMU connects (reconnect=1
+    lets QEMU find a restarted switch).  mode client: QEMU serves path
+    (`-chardev socket,server=on`) and the switch connects, retrying with
+    backoff until it appears and again whenever QEMU goes away."""
+
+    name: PortName = Field(examples=["vm1"])
+    type: Literal["vhost-user"] = Field(examples=["vhost-user"])
+    path: SocketPath = Field(examples=["/tmp/vswitch/vm1.sock"])
+    mode: Literal["server", "client"] = "server"
+    socket_mode: FileMode = 0o600
+    owner: Annotated[int | None, BeforeValidator(id_lookup("user"))] = None  # uid
+    group: Annotated[int | None, BeforeValidator(id_lookup("group"))] = None  # gid
+    mtu: Mtu = 1500
+    mac_limit: MacLimit = DEFAULT_MAC_LIMIT
+    static_macs: tuple[Mac, ...] = ()  # 48-bit ints
+
+    @property
+    def socket_paths(self) -> tuple[Path, ...]:
+        return (self.path,)
+
+    @property
+    def listens(self) -> bool:
+        """The switch owns the socket file (mode server): it binds, chmods and removes it."""
+        return self.mode == "server"
+
+
+class TapPort(Model):
+    """A port whose peer is the kernel: a TAP interface, optionally in a network namespace.
+
+    When `ifname` does not exist, the switch creates it (IFF_TAP|IFF_NO_PI) in `netns`
+    (creating the namespace if needed), applies mtu, mac, addresses and `up`, and removes
+    both when the port stops.  An existing persistent tap of that name is attached and left
+    in place when the port stops."""
+
+    name: PortName = Field(examples=["h1"])
+    type: Literal["tap"] = Field(examples=["tap"])
+    ifname: Annotated[str, BeforeValidator(check_ifname)] = Field(default="", examples=["tap0"])
+    netns: Annotated[str | None, BeforeValidator(check_netns_name)] = Field(
+        default=None, examples=["h1"]
+    )
+    mtu: Mtu = 1500
+    mac: Annotated[int | None, BeforeValidator(iface_mac)] = Field(
+        default=None, examples=['"52:54:00:00:10:01"']
+    )  # the interface's own address (48-bit int); the kernel picks one when absent
+    addresses: Annotated[tuple[Address, ...], AfterValidator(unique_addresses)] = Field(
+        default=(), examples=["[10.0.0.10/24, fd00::10/64]"]
+    )
+    up: Annotated[bool, BeforeValidator(check_bool)] = True
+    mac_limit: MacLimit = DEFAULT_MAC_LIMIT
+    static_macs: tuple[Mac, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_ifname(cls, data: Any) -> Any:
+        # ifname defaults to the port name (both are 1-15 characters).
+        if isinstance(data, dict) and "ifname" not in data and isinstance(data.get("name"), str):
+            data = {**data, "ifname": data["name"]}
+        return data
+
+    @property
+    def socket_paths(self) -> tuple[Path, ...]:
+        return ()
+
+    @property
+    def listens(self) -> bool:
+        return False
+
+    @property
+    def where(self) -> str:
+        """'tap0' or 'tap0 in netns h1', for messages."""
+        return f"{self.ifname} in netns {self.netns}" if self.netns else self.ifname
+
+
+# Every port model, by its `type` tag.
+PORT_TYPES: dict[str, type[Model]] = {"vhost-user": VhostUserPort, "tap": TapPort}
+PortConfig = VhostUserPort | TapPort
+Port = Annotated[PortConfig, Field(discriminator="type")]

@@ -1,0 +1,1 @@
+"""The daemon: the running switch, its control commands, reload, metrics and capture."""
