@@ -10,16 +10,19 @@ alternate screen); otherwise it prints one table per interval, like `top -b`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from vswitch.cli.ask import control_path
 from vswitch.cli.output import drops, si
 from vswitch.control import Client
 from vswitch.errors import ControlError
@@ -125,3 +128,16 @@ async def run_top(
         if live is not None:
             live.stop()
         await client.close()
+
+
+@click.command()
+@click.option("-i", "--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              help="Seconds between refreshes.")  # fmt: skip
+@click.option("-n", "--iterations", type=click.IntRange(min=1), help="Stop after N refreshes.")
+@click.option("--control", type=click.Path(path_type=Path), help="The daemon's control socket.")
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), help="Config file.")
+def top(interval: float, iterations: int | None, control: Path | None, config: Path | None) -> None:
+    """Live per-port rates: rx/tx packets and bits per second, drops, MACs (Ctrl-C quits)."""
+    path = control_path(control, config)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_top(path, interval, iterations))
