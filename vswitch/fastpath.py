@@ -64,7 +64,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _parked(method: F) -> F:
     """Runs the method with the poll thread (if any) parked: the one way the
-    control plane changes what the data path sees (design.md, "quiesce")."""
+    control plane changes what the data path sees: the thread finishes its burst and
+    waits, the change is made, the thread goes on.  No locks on the hot path."""
 
     @functools.wraps(method)
     def wrapper(self: Fastpath, *args: Any, **kwargs: Any) -> Any:
