@@ -70,17 +70,10 @@ void vs_capture_frame(struct vs_port *p, uint32_t dir, const struct vs_pkt *pkt)
     p->st.cap_packets++;
 }
 
-static struct vs_port *cap_port(struct vs_switch *sw, uint32_t port)
-{
-    if (port >= VS_MAX_PORTS || !sw->ports[port].open)
-        return NULL;
-    return &sw->ports[port];
-}
-
 int vs_capture_start(struct vs_switch *sw, uint32_t port, uint32_t dirs, uint32_t snaplen,
                      uint32_t ring_bytes)
 {
-    struct vs_port *p = cap_port(sw, port);
+    struct vs_port *p = vs_port_get(sw, port);
     if (!p)
         return -ENODEV;
     if (p->cap)
@@ -110,7 +103,7 @@ int vs_capture_start(struct vs_switch *sw, uint32_t port, uint32_t dirs, uint32_
 
 void vs_capture_stop(struct vs_switch *sw, uint32_t port)
 {
-    struct vs_port *p = cap_port(sw, port);
+    struct vs_port *p = vs_port_get(sw, port);
     if (!p || !p->cap)
         return;
     free(p->cap->buf);
@@ -120,7 +113,7 @@ void vs_capture_stop(struct vs_switch *sw, uint32_t port)
 
 uint32_t vs_capture_read(struct vs_switch *sw, uint32_t port, uint8_t *buf, uint32_t max)
 {
-    struct vs_port *p = cap_port(sw, port);
+    struct vs_port *p = vs_port_get(sw, port);
     if (!p || !p->cap)
         return 0;
     struct vs_capture *c = p->cap;

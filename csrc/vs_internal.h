@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "fastpath.h"
 
@@ -205,6 +206,34 @@ struct vs_switch {
     struct vs_port ports[VS_MAX_PORTS];
 };
 
+/* The open port with this number, or NULL: every call of the API that names
+ * a port goes through here first. */
+static inline struct vs_port *vs_port_get(struct vs_switch *sw, uint32_t port)
+{
+    if (port >= VS_MAX_PORTS || !sw->ports[port].open)
+        return NULL;
+    return &sw->ports[port];
+}
+
+/* Ring q of an open port, and the port in *pp; NULL if either does not exist. */
+static inline struct vs_vring *vs_vring_get(struct vs_switch *sw, uint32_t port, uint32_t q,
+                                            struct vs_port **pp)
+{
+    struct vs_port *p = vs_port_get(sw, port);
+    if (!p || q >= VS_MAX_QUEUES)
+        return NULL;
+    *pp = p;
+    return &p->vq[q];
+}
+
+/* Refreshes sw->now, the coarse seconds the MAC table's ages count in. */
+static inline void vs_tick(struct vs_switch *sw)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    sw->now = (uint32_t)ts.tv_sec;
+}
+
 /* Loads and stores on memory the guest shares with us: each field is read
  * once into a local so a racing guest cannot change it between check and use. */
 #define READ_ONCE(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
@@ -259,8 +288,8 @@ void vs_run_destroy(struct vs_switch *sw);
 /* Wakes the loop to look at its state again (no pause). */
 void vs_run_wake(struct vs_switch *sw);
 
-/* vs_switch.c */
-void vs_tick(struct vs_switch *sw);
+/* vs_forward.c: forwarding, a burst at a time. */
+/* Serves one port's TX ring (or tap fd) for up to budget frames. */
 int vs_serve(struct vs_switch *sw, uint32_t port, uint32_t budget, bool arm);
 /* vs_vring_complete and vs_vring_enqueue do not interrupt the guest: the
  * switch notes each ring they published (signal_due), and this fences once
