@@ -51,6 +51,28 @@ void vs_flush_signals(struct vs_switch *sw)
     sw->nsignal = 0;
 }
 
+/* Learns a source address on port in and counts what became of it. */
+static inline void learn(struct vs_switch *sw, struct vs_port *ip, uint64_t src)
+{
+    switch (vs_fdb_learn(&sw->fdb, src, 0, ip->id, ip->mac_limit, sw->now)) {
+    case VS_LEARN_NEW:
+        ip->st.fdb_learned++;
+        break;
+    case VS_LEARN_MOVED:
+        ip->st.fdb_moved++;
+        break;
+    case VS_LEARN_LIMIT:
+        ip->st.fdb_limit++;
+        break;
+    case VS_LEARN_FULL:
+        sw->st.fdb_full++;
+        break;
+    case VS_LEARN_SEEN:
+    case VS_LEARN_STATIC:
+        break;
+    }
+}
+
 static inline void queue_on(struct vs_switch *sw, uint32_t port, struct vs_pkt *pkt)
 {
     struct vs_port *d = &sw->ports[port];
@@ -76,7 +98,7 @@ static void forward(struct vs_switch *sw, uint32_t in, struct vs_pkt *pkts, uint
         if (src != last_src) {
             /* Group and all-zero sources are never stations. */
             if (!(src & (1ULL << 40)) && src != 0)
-                vs_fdb_learn(sw, src, 0, in);
+                learn(sw, ip, src);
             last_src = src;
             last_dst = ~0ULL;
         }

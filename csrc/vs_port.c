@@ -78,7 +78,7 @@ void vs_port_reset(struct vs_switch *sw, uint32_t port)
     p->broken = false;
     p->error = "";
     p->fd = -1;
-    vs_fdb_flush(sw, (int)port, 0);
+    vs_fdb_remove_port(&sw->fdb, (int)port, false);
 }
 
 void vs_port_close(struct vs_switch *sw, uint32_t port)
@@ -87,7 +87,7 @@ void vs_port_close(struct vs_switch *sw, uint32_t port)
     if (!p)
         return;
     vs_port_reset(sw, port);
-    vs_fdb_flush(sw, (int)port, 1);
+    vs_fdb_remove_port(&sw->fdb, (int)port, true);
     vs_capture_stop(sw, port);
     p->open = false;
     for (uint32_t i = 0; i < sw->nopen; i++) {
@@ -182,10 +182,13 @@ const char *vs_port_error(struct vs_switch *sw, uint32_t port)
 void vs_port_get_stats(struct vs_switch *sw, uint32_t port, struct vs_port_stats *out)
 {
     struct vs_port *p = vs_port_get(sw, port);
-    if (p)
-        *out = p->st;
-    else
+    if (!p) {
         memset(out, 0, sizeof(*out));
+        return;
+    }
+    *out = p->st;
+    /* The table keeps this one: only it sees an entry go. */
+    out->fdb_count = sw->fdb.owned[port];
 }
 
 int vs_vring_set_num(struct vs_switch *sw, uint32_t port, uint32_t q, uint32_t num)

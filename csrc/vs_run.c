@@ -197,19 +197,19 @@ static bool arm_all(struct vs_switch *sw)
  * it after a sleep.  *last is when the last slice was taken. */
 static void age(struct vs_switch *sw, uint64_t *last)
 {
-    uint32_t max_age = __atomic_load_n(&sw->fdb.max_age, __ATOMIC_RELAXED);
+    uint32_t max_age = __atomic_load_n(&sw->run.max_age, __ATOMIC_RELAXED);
     uint64_t t = now_ns(), dt = t - *last;
     if (max_age == 0) {
         *last = t;
         return;
     }
-    uint64_t cap = (uint64_t)sw->fdb.mask + 1;
+    uint64_t cap = vs_fdb_slots(&sw->fdb);
     if (dt > 1000000000u)
         dt = 1000000000u;
     uint64_t slots = cap * dt / 1000000000u;
     if (slots == 0)
         return;     /* too soon for a whole slot: the time adds up */
-    vs_fdb_age_some(sw, max_age, (uint32_t)slots);
+    sw->st.fdb_aged += vs_fdb_expire_some(&sw->fdb, sw->now, max_age, (uint32_t)slots);
     *last = t;
 }
 
@@ -220,7 +220,7 @@ static bool sleep_until_kicked(struct vs_switch *sw)
     struct epoll_event evs[64];
     sw->st.poll_sleeps++;
     /* Entries to age: wake once a second for them. */
-    bool aging = __atomic_load_n(&sw->fdb.max_age, __ATOMIC_RELAXED) && sw->fdb.count > 0;
+    bool aging = __atomic_load_n(&r->max_age, __ATOMIC_RELAXED) && sw->fdb.count > 0;
     int ms = r->polled ? POLL_NOFD_MS : aging ? 1000 : -1;
     int n = epoll_wait(r->epfd, evs, 64, ms);
     for (int i = 0; i < n; i++) {
@@ -338,10 +338,19 @@ void vs_run_resume(struct vs_switch *sw)
     efd_write(r->ctl_fd);
 }
 
-void vs_run_wake(struct vs_switch *sw)
+/* Wakes the loop to look at its state again (no pause). */
+static void run_wake(struct vs_switch *sw)
 {
     if (sw->run.ctl_fd >= 0)
         efd_write(sw->run.ctl_fd);
+}
+
+void vs_fdb_set_max_age(struct vs_switch *sw, uint32_t max_age)
+{
+    if (__atomic_exchange_n(&sw->run.max_age, max_age, __ATOMIC_RELAXED) == max_age)
+        return;
+    /* A thread asleep with no timeout must look again at how long to sleep. */
+    run_wake(sw);
 }
 
 void vs_run_stop(struct vs_switch *sw)

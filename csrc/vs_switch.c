@@ -1,7 +1,9 @@
-/* The switch: its creation and release, and its own counters.  Ports are
- * vs_port.c, forwarding vs_forward.c, the MAC table vs_fdb.c, the poll
- * thread vs_run.c. */
+/* The switch: its creation and release, its own counters, and its MAC
+ * table as the control plane sees it (the vs_fdb_* calls of fastpath.h:
+ * checked, timed and counted here, done by the table in vs_fdb.c).  Ports
+ * are vs_port.c, forwarding vs_forward.c, the poll thread vs_run.c. */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <stdlib.h>
 
 #include "vs_internal.h"
@@ -44,4 +46,37 @@ void vs_switch_get_stats(struct vs_switch *sw, struct vs_switch_stats *out)
     *out = sw->st;
     out->fdb_entries = sw->fdb.count;
     out->fdb_capacity = sw->fdb.max;
+}
+
+int vs_fdb_add(struct vs_switch *sw, uint64_t mac, uint16_t vlan, uint32_t port, int is_static)
+{
+    if (port >= VS_MAX_PORTS || vlan > VS_VLAN_MAX || mac > VS_MAC_MASK)
+        return -EINVAL;
+    if (!sw->ports[port].open)
+        return -ENODEV;
+    return vs_fdb_put(&sw->fdb, mac, vlan, port, is_static != 0, sw->now);
+}
+
+int vs_fdb_del(struct vs_switch *sw, uint64_t mac, uint16_t vlan)
+{
+    return vs_fdb_remove(&sw->fdb, mac, vlan);
+}
+
+uint32_t vs_fdb_flush(struct vs_switch *sw, int port, int include_static)
+{
+    return vs_fdb_remove_port(&sw->fdb, port, include_static != 0);
+}
+
+uint32_t vs_fdb_age(struct vs_switch *sw, uint32_t max_age)
+{
+    vs_tick(sw);
+    uint32_t n = vs_fdb_expire(&sw->fdb, sw->now, max_age);
+    sw->st.fdb_aged += n;
+    return n;
+}
+
+uint32_t vs_fdb_dump(struct vs_switch *sw, struct vs_fdb_entry *out, uint32_t max)
+{
+    vs_tick(sw);
+    return vs_fdb_read(&sw->fdb, sw->now, out, max);
 }
