@@ -8,8 +8,10 @@
  * Vocabulary, always from the switch's point of view:
  *   rx  = frames the switch receives from a port (the guest's TX virtqueue)
  *   tx  = frames the switch sends to a port (the guest's RX virtqueue)
- * Queue indexes follow virtio-net: 0 is the guest's receive queue, 1 its
- * transmit queue; queue pair n uses 2n and 2n+1 (room for multiqueue).
+ * Queue indexes follow virtio-net (virtio 1.2, 5.1.2), and so do their
+ * names, which are the guest's: VS_QUEUE_RX (0) is the guest's receive queue,
+ * which the switch fills, VS_QUEUE_TX (1) its transmit queue, which the
+ * switch drains; queue pair n uses 2n and 2n+1 (room for multiqueue).
  *
  * Threading: every call for a given switch comes from one thread at a time.
  * Today that is the asyncio loop; the poll thread of the performance work
@@ -24,6 +26,11 @@
 #define VS_MIN_MTU 68
 #define VS_MAX_MTU 9000
 #define VS_BURST 32
+
+/* Virtqueue numbers within a queue pair (see above). */
+#define VS_QUEUE_RX 0
+#define VS_QUEUE_TX 1
+#define VS_QUEUES_PER_PAIR 2
 
 /* Port kinds. */
 #define VS_PORT_VHOST 1

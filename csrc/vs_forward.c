@@ -23,7 +23,7 @@ static inline uint64_t mac_at(const uint8_t *b)
 /* Can the port take frames now? */
 static inline bool can_take(const struct vs_port *p)
 {
-    return p->kind == VS_PORT_TAP ? p->fd >= 0 && !p->broken : p->vq[0].ready;
+    return p->kind == VS_PORT_TAP ? p->fd >= 0 && !p->broken : p->vq[VS_QUEUE_RX].ready;
 }
 
 /* The used index of ring q of port was published: decide on an interrupt
@@ -132,8 +132,8 @@ static void forward(struct vs_switch *sw, uint32_t in, struct vs_pkt *pkts, uint
         struct vs_port *d = &sw->ports[sw->dirty[k]];
         if (d->kind == VS_PORT_TAP)
             vs_tap_enqueue(d, d->pending, d->npending);
-        else if (vs_vring_enqueue(d, &d->vq[0], d->pending, d->npending) > 0)
-            signal_due(sw, sw->dirty[k], 0);
+        else if (vs_vring_enqueue(d, &d->vq[VS_QUEUE_RX], d->pending, d->npending) > 0)
+            signal_due(sw, sw->dirty[k], VS_QUEUE_RX);
         d->npending = 0;
     }
     sw->ndirty = 0;
@@ -162,7 +162,7 @@ int vs_serve(struct vs_switch *sw, uint32_t port, uint32_t budget, bool arm)
     struct vs_port *p = &sw->ports[port];
     if (p->kind == VS_PORT_TAP)
         return serve_tap(sw, port, budget);
-    struct vs_vring *vq = &p->vq[1];
+    struct vs_vring *vq = &p->vq[VS_QUEUE_TX];
     uint32_t total = 0, spent = 0;
     if (!vq->ready)
         return p->broken ? -EIO : 0;
@@ -174,12 +174,12 @@ int vs_serve(struct vs_switch *sw, uint32_t port, uint32_t budget, bool arm)
         int n = vs_vring_dequeue(p, vq, sw->pkts, VS_BURST, &consumed);
         if (n < 0) {
             if (vs_vring_complete(p, vq, consumed))
-                signal_due(sw, port, 1);
+                signal_due(sw, port, VS_QUEUE_TX);
             return total > 0 ? (int)total : n;
         }
         forward(sw, port, sw->pkts, (uint32_t)n);
         if (vs_vring_complete(p, vq, consumed))
-            signal_due(sw, port, 1);
+            signal_due(sw, port, VS_QUEUE_TX);
         total += (uint32_t)n;
         spent += consumed + 1;
         if (consumed > 0)
@@ -215,7 +215,7 @@ int vs_port_kick(struct vs_switch *sw, uint32_t port, uint32_t q)
         if (read(vq->kick_fd, &v, sizeof(v)) == sizeof(v))
             p->st.kicks++;
     }
-    if (q % 2 == 0)
+    if (vs_queue_is_rx(q))
         return 0;   /* RX buffers added: nothing waits for them, we never queue */
     int n = vs_serve(sw, port, KICK_BUDGET, true);
     vs_flush_signals(sw);

@@ -9,6 +9,15 @@
 
 #include "fastpath.h"
 
+_Static_assert(VS_MAX_QUEUES % VS_QUEUES_PER_PAIR == 0, "queues come in pairs");
+
+/* Is queue q one the guest receives on (the switch fills it), rather than
+ * one it sends on? */
+static inline bool vs_queue_is_rx(uint32_t q)
+{
+    return q % VS_QUEUES_PER_PAIR == VS_QUEUE_RX;
+}
+
 /* Split virtqueue layout (virtio 1.2, 2.7). */
 #define VRING_DESC_F_NEXT 1
 #define VRING_DESC_F_WRITE 2

@@ -25,7 +25,7 @@ static void refresh(struct vs_port *p, struct vs_vring *vq)
      * find no room are dropped, not queued), so the guest need not kick
      * for them: a kick costs it a syscall or a VM exit.  With EVENT_IDX the
      * avail_event we never move does the same, but for one kick per wrap. */
-    if ((vq - p->vq) % 2 == 0)
+    if (vs_queue_is_rx((uint32_t)(vq - p->vq)))
         vs_vring_enable_kicks(p, vq, false);
     if (!was) {
         /* After a reconnect the ring in guest memory is the truth: resume
@@ -168,7 +168,9 @@ uint32_t vs_port_state(struct vs_switch *sw, uint32_t port)
     uint32_t s = VS_STATE_OPEN;
     if (p->broken)
         s |= VS_STATE_BROKEN;
-    if (p->kind == VS_PORT_TAP ? (p->fd >= 0 && !p->broken) : (p->vq[0].ready && p->vq[1].ready))
+    bool up = p->kind == VS_PORT_TAP ? p->fd >= 0 && !p->broken
+                                     : p->vq[VS_QUEUE_RX].ready && p->vq[VS_QUEUE_TX].ready;
+    if (up)
         s |= VS_STATE_UP;
     return s;
 }
@@ -230,7 +232,7 @@ int vs_vring_set_base(struct vs_switch *sw, uint32_t port, uint32_t q, uint32_t 
 {
     struct vs_port *p;
     struct vs_vring *vq = vs_vring_get(sw, port, q, &p);
-    if (!vq || base > 0xffff)
+    if (!vq || base > UINT16_MAX)
         return -EINVAL;
     vq->last_avail = vq->last_used = (uint16_t)base;
     vq->signalled_valid = false;

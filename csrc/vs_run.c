@@ -53,7 +53,15 @@
 #include "vs_internal.h"
 
 #define RUN_BUDGET (4 * VS_BURST)
+/* What an epoll event is for: port << TAG_QUEUE_BITS | queue for a kick
+ * eventfd, TAG_TAP in place of the queue for a tap fd, TAG_CTL for ctl_fd. */
+#define TAG_QUEUE_BITS 8
+#define TAG_QUEUE_MASK ((1u << TAG_QUEUE_BITS) - 1)
+#define TAG_TAP TAG_QUEUE_MASK
 #define TAG_CTL 0xffffffffu
+_Static_assert(VS_MAX_QUEUES <= TAG_TAP, "queue numbers must stay below TAG_TAP");
+_Static_assert((uint64_t)VS_MAX_PORTS << TAG_QUEUE_BITS <= TAG_CTL,
+               "port tags must stay below TAG_CTL");
 #define LINGER_BELOW (2 * VS_BURST)     /* frames per loop */
 #define POLL_NOFD_MS 1
 
@@ -149,13 +157,13 @@ static int rebuild(struct vs_switch *sw)
         struct vs_port *p = &sw->ports[id];
         if (p->kind == VS_PORT_TAP) {
             if (p->fd >= 0 && !p->broken)
-                watch(r, p->fd, id << 8 | 0xff);
+                watch(r, p->fd, id << TAG_QUEUE_BITS | TAG_TAP);
             continue;
         }
         for (uint32_t q = 0; q < VS_MAX_QUEUES; q++) {
             if (p->vq[q].kick_fd >= 0)
-                watch(r, p->vq[q].kick_fd, id << 8 | q);
-            else if (q % 2 == 1 && p->vq[q].started)
+                watch(r, p->vq[q].kick_fd, id << TAG_QUEUE_BITS | q);
+            else if (!vs_queue_is_rx(q) && p->vq[q].started)
                 r->polled++;
         }
     }
@@ -182,7 +190,7 @@ static bool arm_all(struct vs_switch *sw)
     bool work = false;
     for (uint32_t k = 0; k < sw->nopen; k++) {
         struct vs_port *p = &sw->ports[sw->open_ids[k]];
-        struct vs_vring *vq = &p->vq[1];
+        struct vs_vring *vq = &p->vq[VS_QUEUE_TX];
         if (p->kind != VS_PORT_VHOST || !vq->ready)
             continue;
         vs_vring_enable_kicks(p, vq, true);
@@ -232,8 +240,8 @@ static bool sleep_until_kicked(struct vs_switch *sw)
             (void)!read(r->ctl_fd, &v, sizeof(v));
             continue;
         }
-        uint32_t id = tag >> 8, q = tag & 0xff;
-        if (q == 0xff) {
+        uint32_t id = tag >> TAG_QUEUE_BITS, q = tag & TAG_QUEUE_MASK;
+        if (q == TAG_TAP) {
             /* A tap fd: the next poll reads it.  A broken one (interface
              * deleted) would report an error forever: stop watching it. */
             if (sw->ports[id].broken)
