@@ -19,12 +19,24 @@
  */
 #include <stdint.h>
 
+/* Limits a person or a guest can reach, defined here only: Python reads
+ * them through cffi (lib.VS_MAX_MTU, ...).  cdef() is given only the lines
+ * that are a plain integer #define, so keep every one of them so: no
+ * expression, no comment on the line. */
 #define VS_MAX_PORTS 256
 #define VS_MAX_QUEUES 2
 #define VS_MAX_MEM_REGIONS 8
 #define VS_MAX_RING_SIZE 32768
 #define VS_MIN_MTU 68
 #define VS_MAX_MTU 9000
+/* Entries vs_switch_new's MAC table may be asked to hold (1 << 24). */
+#define VS_MAX_FDB_SIZE 16777216
+/* Dynamic addresses a port may own when opened (vs_port_set_mac_limit). */
+#define VS_DEFAULT_MAC_LIMIT 4096
+/* vs_capture_start's ring_bytes: 64 KiB to 256 MiB. */
+#define VS_CAP_MIN_RING 65536
+#define VS_CAP_MAX_RING 268435456
+
 #define VS_BURST 32
 
 /* Virtqueue numbers within a queue pair (see above). */
@@ -128,8 +140,9 @@ void vs_port_close(struct vs_switch *sw, uint32_t port);
 /* Forget everything the front end set up (disconnect, RESET_OWNER, reset status). */
 void vs_port_reset(struct vs_switch *sw, uint32_t port);
 int vs_port_set_mtu(struct vs_switch *sw, uint32_t port, uint32_t mtu);
-/* Most dynamic addresses the port may own (0 = no limit): a guest spraying
- * source addresses cannot push everyone else out of the table. */
+/* Most dynamic addresses the port may own (0 = no limit; a port opens with
+ * VS_DEFAULT_MAC_LIMIT): a guest spraying source addresses cannot push
+ * everyone else out of the table. */
 int vs_port_set_mac_limit(struct vs_switch *sw, uint32_t port, uint32_t limit);
 /* TAP ports: the non-blocking tap fd (IFF_TAP|IFF_NO_PI), borrowed; -1 = none. */
 int vs_port_set_fd(struct vs_switch *sw, uint32_t port, int fd);

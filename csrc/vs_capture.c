@@ -11,8 +11,9 @@
 
 #include "vs_internal.h"
 
-#define CAP_MIN_RING (64u << 10)
-#define CAP_MAX_RING (256u << 20)
+_Static_assert((VS_CAP_MIN_RING & (VS_CAP_MIN_RING - 1)) == 0 &&
+                   (VS_CAP_MAX_RING & (VS_CAP_MAX_RING - 1)) == 0,
+               "capture rings are powers of two");
 
 static inline uint32_t rec_size(uint32_t caplen)
 {
@@ -79,9 +80,9 @@ int vs_capture_start(struct vs_switch *sw, uint32_t port, uint32_t dirs, uint32_
     if (p->cap)
         return -EBUSY;
     if (!dirs || (dirs & ~(uint32_t)(VS_CAP_RX | VS_CAP_TX)) || snaplen == 0 ||
-        ring_bytes < CAP_MIN_RING || ring_bytes > CAP_MAX_RING)
+        ring_bytes < VS_CAP_MIN_RING || ring_bytes > VS_CAP_MAX_RING)
         return -EINVAL;
-    uint32_t size = CAP_MIN_RING;
+    uint32_t size = VS_CAP_MIN_RING;
     while (size < ring_bytes)
         size <<= 1;
     if (snaplen > VS_PKT_SIZE)

@@ -31,7 +31,7 @@ static inline uint32_t fdb_hash(const struct vs_fdb *fdb, uint64_t key)
 
 int vs_fdb_init(struct vs_fdb *fdb, uint32_t max)
 {
-    if (max < 1 || max > (1u << 24))
+    if (max < 1 || max > VS_MAX_FDB_SIZE)
         return -EINVAL;
     uint32_t cap = 16;
     while (cap < 2 * max)

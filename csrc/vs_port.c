@@ -58,6 +58,7 @@ int vs_port_open(struct vs_switch *sw, uint32_t port, uint32_t kind, uint32_t mt
     p->kind = kind;
     p->fd = -1;
     p->mtu = mtu;
+    p->mac_limit = VS_DEFAULT_MAC_LIMIT;
     p->error = "";
     p->hdr_len = 10;
     sw->open_ids[sw->nopen++] = port;
