@@ -13,9 +13,9 @@
  * which the switch fills, VS_QUEUE_TX (1) its transmit queue, which the
  * switch drains; queue pair n uses 2n and 2n+1 (room for multiqueue).
  *
- * Threading: every call for a given switch comes from one thread at a time.
- * Today that is the asyncio loop; the poll thread of the performance work
- * will take the same calls after the control plane quiesces it.
+ * Threading: every call for a given switch comes from one thread at a time:
+ * the asyncio loop, or the poll thread while vs_run() runs on it, and then
+ * the loop's calls wait until the thread is parked (vs_run_pause, below).
  */
 #include <stdint.h>
 
@@ -192,13 +192,13 @@ void vs_capture_stop(struct vs_switch *sw, uint32_t port);
 uint32_t vs_capture_read(struct vs_switch *sw, uint32_t port, uint8_t *buf, uint32_t max);
 
 /* The poll thread (adaptive polling, like NAPI).  vs_run() serves every
- * port in a busy loop while frames flow (a loop that moved fewer than 8
- * frames waits linger_ns before the next, so bursts form), and after
- * idle_us without any sleeps in epoll on the kick eventfds and tap fds
- * until one fires.  It
- * returns after vs_run_stop().  While it runs, every other call except the
- * counters and vs_capture_read must happen between vs_run_pause() (which
- * returns once the loop is parked) and vs_run_resume(). */
+ * port in a busy loop while frames flow (a loop that moved fewer than two
+ * bursts, 2 * VS_BURST frames, waits linger_ns before the next, so bursts
+ * form), and after idle_us without any sleeps in epoll on the kick eventfds
+ * and tap fds until one fires.  It returns after vs_run_stop().  While it
+ * runs, every other call except the counters, vs_capture_read and
+ * vs_fdb_set_max_age must happen between vs_run_pause() (which returns once
+ * the loop is parked) and vs_run_resume(). */
 int vs_run(struct vs_switch *sw, uint32_t idle_us, uint32_t linger_ns);
 void vs_run_pause(struct vs_switch *sw);
 void vs_run_resume(struct vs_switch *sw);

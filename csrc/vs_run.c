@@ -18,16 +18,15 @@
  * no syscall.  Without it the switch and a fast guest can settle into
  * trading a frame or two at a time: every poll finds one frame, every store
  * to a ring index pulls a cache line away from the other side, and the
- * pair runs at 40 % of its speed, for as long as the traffic lasts.  A
- * few microseconds let bursts form again, far below what a guest's own
- * interrupt path costs.  The bar is two bursts, not a few frames: a loop
- * that finds less than that is still ahead of its front ends, and each
- * look steals the index lines they are writing (with the generator's and
- * the switch's cores in different core complexes, a trip between them
- * each).  On 2026-12-01, 64 B PVP, 3 µs below 64 frames against 1 µs below
- * 8, in the seconds with both cores in one complex (scripts/bench's probe):
- * +13 %, +21 % and -2 % in three A/B runs; a gain, if any, within this
- * host's noise, and never a loss beyond it.
+ * pair runs at well under half its speed, for as long as the traffic
+ * lasts.  A few microseconds let bursts form again, far below what a
+ * guest's own interrupt path costs.  The bar is two bursts (LINGER_BELOW),
+ * not a few frames: a loop that finds less than that is still ahead of its
+ * front ends, and each look steals the index lines they are writing (with
+ * the generator's and the switch's cores in different core complexes, a
+ * trip between them each).  The A/B runs that chose the bar and the
+ * default linger are in the messages of the commits that set them (git log
+ * csrc/vs_run.c).
  *
  * A TX ring set up with no kick eventfd (SET_VRING_KICK's no-fd flag:
  * "poll this ring") has nothing to sleep on, so while one exists the sleep
