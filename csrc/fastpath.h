@@ -8,22 +8,41 @@
  * Vocabulary, always from the switch's point of view:
  *   rx  = frames the switch receives from a port (the guest's TX virtqueue)
  *   tx  = frames the switch sends to a port (the guest's RX virtqueue)
- * Queue indexes follow virtio-net: 0 is the guest's receive queue, 1 its
- * transmit queue; queue pair n uses 2n and 2n+1 (room for multiqueue).
+ * Queue indexes follow virtio-net (virtio 1.2, 5.1.2), and so do their
+ * names, which are the guest's: VS_QUEUE_RX (0) is the guest's receive queue,
+ * which the switch fills, VS_QUEUE_TX (1) its transmit queue, which the
+ * switch drains; queue pair n uses 2n and 2n+1 (room for multiqueue).
  *
- * Threading: every call for a given switch comes from one thread at a time.
- * Today that is the asyncio loop; the poll thread of the performance work
- * will take the same calls after the control plane quiesces it.
+ * Threading: every call for a given switch comes from one thread at a time:
+ * the asyncio loop, or the poll thread while vs_run() runs on it, and then
+ * the loop's calls wait until the thread is parked (vs_run_pause, below).
  */
 #include <stdint.h>
 
+/* Limits a person or a guest can reach, defined here only: Python reads
+ * them through cffi (lib.VS_MAX_MTU, ...).  cdef() is given only the lines
+ * that are a plain integer #define, so keep every one of them so: no
+ * expression, no comment on the line. */
 #define VS_MAX_PORTS 256
 #define VS_MAX_QUEUES 2
 #define VS_MAX_MEM_REGIONS 8
 #define VS_MAX_RING_SIZE 32768
 #define VS_MIN_MTU 68
 #define VS_MAX_MTU 9000
+/* Entries vs_switch_new's MAC table may be asked to hold (1 << 24). */
+#define VS_MAX_FDB_SIZE 16777216
+/* Dynamic addresses a port may own when opened (vs_port_set_mac_limit). */
+#define VS_DEFAULT_MAC_LIMIT 4096
+/* vs_capture_start's ring_bytes: 64 KiB to 256 MiB. */
+#define VS_CAP_MIN_RING 65536
+#define VS_CAP_MAX_RING 268435456
+
 #define VS_BURST 32
+
+/* Virtqueue numbers within a queue pair (see above). */
+#define VS_QUEUE_RX 0
+#define VS_QUEUE_TX 1
+#define VS_QUEUES_PER_PAIR 2
 
 /* Port kinds. */
 #define VS_PORT_VHOST 1
@@ -121,8 +140,9 @@ void vs_port_close(struct vs_switch *sw, uint32_t port);
 /* Forget everything the front end set up (disconnect, RESET_OWNER, reset status). */
 void vs_port_reset(struct vs_switch *sw, uint32_t port);
 int vs_port_set_mtu(struct vs_switch *sw, uint32_t port, uint32_t mtu);
-/* Most dynamic addresses the port may own (0 = no limit): a guest spraying
- * source addresses cannot push everyone else out of the table. */
+/* Most dynamic addresses the port may own (0 = no limit; a port opens with
+ * VS_DEFAULT_MAC_LIMIT): a guest spraying source addresses cannot push
+ * everyone else out of the table. */
 int vs_port_set_mac_limit(struct vs_switch *sw, uint32_t port, uint32_t limit);
 /* TAP ports: the non-blocking tap fd (IFF_TAP|IFF_NO_PI), borrowed; -1 = none. */
 int vs_port_set_fd(struct vs_switch *sw, uint32_t port, int fd);
@@ -172,13 +192,13 @@ void vs_capture_stop(struct vs_switch *sw, uint32_t port);
 uint32_t vs_capture_read(struct vs_switch *sw, uint32_t port, uint8_t *buf, uint32_t max);
 
 /* The poll thread (adaptive polling, like NAPI).  vs_run() serves every
- * port in a busy loop while frames flow (a loop that moved fewer than 8
- * frames waits linger_ns before the next, so bursts form), and after
- * idle_us without any sleeps in epoll on the kick eventfds and tap fds
- * until one fires.  It
- * returns after vs_run_stop().  While it runs, every other call except the
- * counters and vs_capture_read must happen between vs_run_pause() (which
- * returns once the loop is parked) and vs_run_resume(). */
+ * port in a busy loop while frames flow (a loop that moved fewer than two
+ * bursts, 2 * VS_BURST frames, waits linger_ns before the next, so bursts
+ * form), and after idle_us without any sleeps in epoll on the kick eventfds
+ * and tap fds until one fires.  It returns after vs_run_stop().  While it
+ * runs, every other call except the counters, vs_capture_read and
+ * vs_fdb_set_max_age must happen between vs_run_pause() (which returns once
+ * the loop is parked) and vs_run_resume(). */
 int vs_run(struct vs_switch *sw, uint32_t idle_us, uint32_t linger_ns);
 void vs_run_pause(struct vs_switch *sw);
 void vs_run_resume(struct vs_switch *sw);

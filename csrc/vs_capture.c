@@ -11,8 +11,9 @@
 
 #include "vs_internal.h"
 
-#define CAP_MIN_RING (64u << 10)
-#define CAP_MAX_RING (256u << 20)
+_Static_assert((VS_CAP_MIN_RING & (VS_CAP_MIN_RING - 1)) == 0 &&
+                   (VS_CAP_MAX_RING & (VS_CAP_MAX_RING - 1)) == 0,
+               "capture rings are powers of two");
 
 static inline uint32_t rec_size(uint32_t caplen)
 {
@@ -70,25 +71,18 @@ void vs_capture_frame(struct vs_port *p, uint32_t dir, const struct vs_pkt *pkt)
     p->st.cap_packets++;
 }
 
-static struct vs_port *cap_port(struct vs_switch *sw, uint32_t port)
-{
-    if (port >= VS_MAX_PORTS || !sw->ports[port].open)
-        return NULL;
-    return &sw->ports[port];
-}
-
 int vs_capture_start(struct vs_switch *sw, uint32_t port, uint32_t dirs, uint32_t snaplen,
                      uint32_t ring_bytes)
 {
-    struct vs_port *p = cap_port(sw, port);
+    struct vs_port *p = vs_port_get(sw, port);
     if (!p)
         return -ENODEV;
     if (p->cap)
         return -EBUSY;
     if (!dirs || (dirs & ~(uint32_t)(VS_CAP_RX | VS_CAP_TX)) || snaplen == 0 ||
-        ring_bytes < CAP_MIN_RING || ring_bytes > CAP_MAX_RING)
+        ring_bytes < VS_CAP_MIN_RING || ring_bytes > VS_CAP_MAX_RING)
         return -EINVAL;
-    uint32_t size = CAP_MIN_RING;
+    uint32_t size = VS_CAP_MIN_RING;
     while (size < ring_bytes)
         size <<= 1;
     if (snaplen > VS_PKT_SIZE)
@@ -110,7 +104,7 @@ int vs_capture_start(struct vs_switch *sw, uint32_t port, uint32_t dirs, uint32_
 
 void vs_capture_stop(struct vs_switch *sw, uint32_t port)
 {
-    struct vs_port *p = cap_port(sw, port);
+    struct vs_port *p = vs_port_get(sw, port);
     if (!p || !p->cap)
         return;
     free(p->cap->buf);
@@ -120,7 +114,7 @@ void vs_capture_stop(struct vs_switch *sw, uint32_t port)
 
 uint32_t vs_capture_read(struct vs_switch *sw, uint32_t port, uint8_t *buf, uint32_t max)
 {
-    struct vs_port *p = cap_port(sw, port);
+    struct vs_port *p = vs_port_get(sw, port);
     if (!p || !p->cap)
         return 0;
     struct vs_capture *c = p->cap;

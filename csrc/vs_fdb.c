@@ -1,5 +1,13 @@
 /* The MAC table: (vlan, mac) -> port, open addressing with linear probing.
  *
+ * The table stands alone: it knows ports only as numbers below
+ * VS_MAX_PORTS, takes the time and a port's limit as arguments, and says
+ * what a learn did (enum vs_learn) for the caller to count.  It keeps one
+ * thing per port itself, how many dynamic entries the port owns, because
+ * only the table sees an entry go (a flush, aging, an address moving away).
+ * The switch's side of it, the vs_fdb_* calls of fastpath.h, is in
+ * vs_switch.c; the poll thread's aging in vs_run.c.
+ *
  * Capacity is at least twice the entry limit, so probes stay short and a
  * lookup never walks far.  Deletion shifts later entries back instead of
  * leaving tombstones, so a table that churns (aging, flushes, a guest
@@ -11,11 +19,9 @@
 
 #include "vs_internal.h"
 
-#define MAC_MASK 0xffffffffffffULL
-
 static inline uint64_t fdb_key(uint64_t mac, uint16_t vlan)
 {
-    return FDB_USED | ((uint64_t)(vlan & 0xfff) << 48) | (mac & MAC_MASK);
+    return FDB_USED | ((uint64_t)(vlan & VS_VLAN_MAX) << 48) | (mac & VS_MAC_MASK);
 }
 
 static inline uint32_t fdb_hash(const struct vs_fdb *fdb, uint64_t key)
@@ -25,16 +31,16 @@ static inline uint32_t fdb_hash(const struct vs_fdb *fdb, uint64_t key)
 
 int vs_fdb_init(struct vs_fdb *fdb, uint32_t max)
 {
-    if (max < 1 || max > (1u << 24))
+    if (max < 1 || max > VS_MAX_FDB_SIZE)
         return -EINVAL;
     uint32_t cap = 16;
     while (cap < 2 * max)
         cap <<= 1;
+    memset(fdb, 0, sizeof(*fdb));
     fdb->slots = calloc(cap, sizeof(*fdb->slots));
     if (!fdb->slots)
         return -ENOMEM;
     fdb->mask = cap - 1;
-    fdb->count = 0;
     fdb->max = max;
     return 0;
 }
@@ -70,11 +76,10 @@ static struct fdb_slot *fdb_insert(struct vs_fdb *fdb, uint64_t key)
 
 /* Remove slot i, moving back any later entry of the same probe run that
  * would otherwise become unreachable. */
-static void fdb_remove_at(struct vs_switch *sw, uint32_t i)
+static void fdb_remove_at(struct vs_fdb *fdb, uint32_t i)
 {
-    struct vs_fdb *fdb = &sw->fdb;
     if (!(fdb->slots[i].flags & VS_FDB_STATIC))
-        sw->ports[fdb->slots[i].port].st.fdb_count--;
+        fdb->owned[fdb->slots[i].port]--;
     uint32_t hole = i;
     for (uint32_t j = (i + 1) & fdb->mask; fdb->slots[j].key != 0; j = (j + 1) & fdb->mask) {
         uint32_t home = fdb_hash(fdb, fdb->slots[j].key);
@@ -95,154 +100,135 @@ int64_t vs_fdb_lookup(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan)
     return s ? (int64_t)s->port : -1;
 }
 
-static bool at_limit(struct vs_port *p)
+static bool at_limit(const struct vs_fdb *fdb, uint32_t port, uint32_t limit)
 {
-    if (p->mac_limit == 0 || p->st.fdb_count < p->mac_limit)
-        return false;
-    p->st.fdb_limit++;
-    return true;
+    return limit != 0 && fdb->owned[port] >= limit;
 }
 
-void vs_fdb_learn(struct vs_switch *sw, uint64_t mac, uint16_t vlan, uint32_t port)
+enum vs_learn vs_fdb_learn(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan, uint32_t port,
+                           uint32_t limit, uint32_t now)
 {
-    struct vs_fdb *fdb = &sw->fdb;
     uint64_t key = fdb_key(mac, vlan);
     struct fdb_slot *s = fdb_find(fdb, key);
     if (s) {
         if (s->flags & VS_FDB_STATIC)
-            return;
+            return VS_LEARN_STATIC;
+        enum vs_learn what = VS_LEARN_SEEN;
         if (s->port != port) {
-            if (at_limit(&sw->ports[port]))
-                return;
-            sw->ports[s->port].st.fdb_count--;
+            if (at_limit(fdb, port, limit))
+                return VS_LEARN_LIMIT;
+            fdb->owned[s->port]--;
             s->port = port;
-            sw->ports[port].st.fdb_count++;
-            sw->ports[port].st.fdb_moved++;
+            fdb->owned[port]++;
+            what = VS_LEARN_MOVED;
         }
         /* Only write when it changes: the entry's line stays clean in
          * every core's cache while a station keeps talking. */
-        if (s->seen != sw->now)
-            s->seen = sw->now;
-        return;
+        if (s->seen != now)
+            s->seen = now;
+        return what;
     }
-    if (at_limit(&sw->ports[port]))
-        return;
+    if (at_limit(fdb, port, limit))
+        return VS_LEARN_LIMIT;
     s = fdb_insert(fdb, key);
-    if (!s) {
-        sw->st.fdb_full++;
-        return;
-    }
+    if (!s)
+        return VS_LEARN_FULL;
     s->port = port;
-    s->seen = sw->now;
+    s->seen = now;
     s->flags = 0;
-    sw->ports[port].st.fdb_learned++;
-    sw->ports[port].st.fdb_count++;
+    fdb->owned[port]++;
+    return VS_LEARN_NEW;
 }
 
-int vs_fdb_add(struct vs_switch *sw, uint64_t mac, uint16_t vlan, uint32_t port, int is_static)
+int vs_fdb_put(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan, uint32_t port, bool is_static,
+               uint32_t now)
 {
-    if (port >= VS_MAX_PORTS || vlan > 4095 || mac > MAC_MASK)
-        return -EINVAL;
-    if (!sw->ports[port].open)
-        return -ENODEV;
     uint64_t key = fdb_key(mac, vlan);
-    struct fdb_slot *s = fdb_find(&sw->fdb, key);
+    struct fdb_slot *s = fdb_find(fdb, key);
     if (s && !(s->flags & VS_FDB_STATIC))
-        sw->ports[s->port].st.fdb_count--;
+        fdb->owned[s->port]--;
     if (!s)
-        s = fdb_insert(&sw->fdb, key);
+        s = fdb_insert(fdb, key);
     if (!s)
         return -ENOSPC;
     if (!is_static)
-        sw->ports[port].st.fdb_count++;
+        fdb->owned[port]++;
     s->port = port;
-    s->seen = sw->now;
+    s->seen = now;
     s->flags = is_static ? VS_FDB_STATIC : 0;
     return 0;
 }
 
-int vs_fdb_del(struct vs_switch *sw, uint64_t mac, uint16_t vlan)
+int vs_fdb_remove(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan)
 {
-    struct fdb_slot *s = fdb_find(&sw->fdb, fdb_key(mac, vlan));
+    struct fdb_slot *s = fdb_find(fdb, fdb_key(mac, vlan));
     if (!s)
         return -ENOENT;
-    fdb_remove_at(sw, (uint32_t)(s - sw->fdb.slots));
+    fdb_remove_at(fdb, (uint32_t)(s - fdb->slots));
     return 0;
 }
 
-/* Remove every entry pick() selects.  A removal may shift a later entry
- * into slot i, so slot i is looked at again before moving on. */
-#define FDB_SWEEP(sw, s, cond, counter)                                   \
-    for (uint32_t i_ = 0; i_ <= (sw)->fdb.mask;) {                        \
-        struct fdb_slot *s = &(sw)->fdb.slots[i_];                        \
+/* Remove every entry for which cond holds, cond seeing the entry as s.  A
+ * removal may shift a later entry into slot i, so slot i is looked at again
+ * before moving on. */
+#define FDB_SWEEP(fdb, s, cond, counter)                                  \
+    for (uint32_t i_ = 0; i_ <= (fdb)->mask;) {                           \
+        struct fdb_slot *s = &(fdb)->slots[i_];                           \
         if (s->key != 0 && (cond)) {                                      \
-            fdb_remove_at((sw), i_);                                      \
+            fdb_remove_at((fdb), i_);                                     \
             (counter)++;                                                  \
         } else {                                                          \
             i_++;                                                         \
         }                                                                 \
     }
 
-uint32_t vs_fdb_flush(struct vs_switch *sw, int port, int include_static)
+uint32_t vs_fdb_remove_port(struct vs_fdb *fdb, int port, bool include_static)
 {
     uint32_t n = 0;
-    FDB_SWEEP(sw, s,
+    FDB_SWEEP(fdb, s,
               (port < 0 || s->port == (uint32_t)port) &&
                   (include_static || !(s->flags & VS_FDB_STATIC)),
               n);
     return n;
 }
 
-uint32_t vs_fdb_age(struct vs_switch *sw, uint32_t max_age)
+uint32_t vs_fdb_expire(struct vs_fdb *fdb, uint32_t now, uint32_t max_age)
 {
     uint32_t n = 0;
-    vs_tick(sw);
-    uint32_t now = sw->now;
-    FDB_SWEEP(sw, s, !(s->flags & VS_FDB_STATIC) && now - s->seen >= max_age, n);
-    sw->st.fdb_aged += n;
+    FDB_SWEEP(fdb, s, !(s->flags & VS_FDB_STATIC) && now - s->seen >= max_age, n);
     return n;
 }
 
-void vs_fdb_set_max_age(struct vs_switch *sw, uint32_t max_age)
+uint32_t vs_fdb_expire_some(struct vs_fdb *fdb, uint32_t now, uint32_t max_age, uint32_t n)
 {
-    if (__atomic_exchange_n(&sw->fdb.max_age, max_age, __ATOMIC_RELAXED) == max_age)
-        return;
-    /* A thread asleep with no timeout must look again at how long to sleep. */
-    vs_run_wake(sw);
-}
-
-uint32_t vs_fdb_age_some(struct vs_switch *sw, uint32_t max_age, uint32_t n)
-{
-    struct vs_fdb *fdb = &sw->fdb;
     uint32_t removed = 0, i = fdb->cursor & fdb->mask;
     for (uint32_t k = 0; k < n; k++) {
         struct fdb_slot *s = &fdb->slots[i];
-        if (s->key != 0 && !(s->flags & VS_FDB_STATIC) && sw->now - s->seen >= max_age) {
+        if (s->key != 0 && !(s->flags & VS_FDB_STATIC) && now - s->seen >= max_age) {
             /* A later entry may shift into slot i: look at it again. */
-            fdb_remove_at(sw, i);
+            fdb_remove_at(fdb, i);
             removed++;
             continue;
         }
         i = (i + 1) & fdb->mask;
     }
     fdb->cursor = i;
-    sw->st.fdb_aged += removed;
     return removed;
 }
 
-uint32_t vs_fdb_dump(struct vs_switch *sw, struct vs_fdb_entry *out, uint32_t max)
+uint32_t vs_fdb_read(const struct vs_fdb *fdb, uint32_t now, struct vs_fdb_entry *out,
+                     uint32_t max)
 {
     uint32_t n = 0;
-    vs_tick(sw);
-    for (uint32_t i = 0; i <= sw->fdb.mask && n < max; i++) {
-        const struct fdb_slot *s = &sw->fdb.slots[i];
+    for (uint32_t i = 0; i <= fdb->mask && n < max; i++) {
+        const struct fdb_slot *s = &fdb->slots[i];
         if (s->key == 0)
             continue;
-        out[n].mac = s->key & MAC_MASK;
-        out[n].vlan = (uint16_t)((s->key >> 48) & 0xfff);
+        out[n].mac = s->key & VS_MAC_MASK;
+        out[n].vlan = (uint16_t)((s->key >> 48) & VS_VLAN_MAX);
         out[n].port = s->port;
         out[n].flags = s->flags;
-        out[n].age = sw->now - s->seen;
+        out[n].age = now - s->seen;
         n++;
     }
     return n;

@@ -5,8 +5,18 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "fastpath.h"
+
+_Static_assert(VS_MAX_QUEUES % VS_QUEUES_PER_PAIR == 0, "queues come in pairs");
+
+/* Is queue q one the guest receives on (the switch fills it), rather than
+ * one it sends on? */
+static inline bool vs_queue_is_rx(uint32_t q)
+{
+    return q % VS_QUEUES_PER_PAIR == VS_QUEUE_RX;
+}
 
 /* Split virtqueue layout (virtio 1.2, 2.7). */
 #define VRING_DESC_F_NEXT 1
@@ -160,6 +170,10 @@ struct vs_port {
     uint32_t ends[VS_MAX_IOV];
 };
 
+/* The MAC table (vs_fdb.c). */
+#define VS_MAC_MASK 0xffffffffffffULL   /* a 48-bit address */
+#define VS_VLAN_MAX 4095                /* and a 12-bit VLAN ID */
+
 struct fdb_slot {
     uint64_t key;           /* 0 = empty; else FDB_USED | vlan << 48 | mac */
     uint32_t port;
@@ -173,8 +187,18 @@ struct vs_fdb {
     uint32_t mask;          /* capacity - 1, capacity a power of two */
     uint32_t count;
     uint32_t max;
-    uint32_t max_age;       /* the poll thread's aging, 0 = none (atomic) */
-    uint32_t cursor;        /* where its sweep goes on */
+    uint32_t cursor;        /* where vs_fdb_expire_some goes on */
+    uint32_t owned[VS_MAX_PORTS];   /* dynamic entries of each port */
+};
+
+/* What vs_fdb_learn did with a source address. */
+enum vs_learn {
+    VS_LEARN_SEEN,          /* already there for this port: its age starts again */
+    VS_LEARN_NEW,           /* added */
+    VS_LEARN_MOVED,         /* was another port's: now this port's */
+    VS_LEARN_STATIC,        /* a static entry: left as it is */
+    VS_LEARN_LIMIT,         /* not learned: the port owns as many as its limit */
+    VS_LEARN_FULL,          /* not learned: the table is full */
 };
 
 /* vs_run.c: the poll thread's state. */
@@ -187,6 +211,7 @@ struct vs_runner {
     int stop_req;
     bool running;
     uint32_t polled;        /* TX rings with no kick eventfd: woken for by a timer */
+    uint32_t max_age;       /* MAC table aging, 0 = none (atomic: vs_fdb_set_max_age) */
 };
 
 struct vs_switch {
@@ -204,6 +229,34 @@ struct vs_switch {
     uint8_t bufs[VS_BURST][VS_PKT_SIZE];    /* pkts[i].buf, or another slot's after a swap */
     struct vs_port ports[VS_MAX_PORTS];
 };
+
+/* The open port with this number, or NULL: every call of the API that names
+ * a port goes through here first. */
+static inline struct vs_port *vs_port_get(struct vs_switch *sw, uint32_t port)
+{
+    if (port >= VS_MAX_PORTS || !sw->ports[port].open)
+        return NULL;
+    return &sw->ports[port];
+}
+
+/* Ring q of an open port, and the port in *pp; NULL if either does not exist. */
+static inline struct vs_vring *vs_vring_get(struct vs_switch *sw, uint32_t port, uint32_t q,
+                                            struct vs_port **pp)
+{
+    struct vs_port *p = vs_port_get(sw, port);
+    if (!p || q >= VS_MAX_QUEUES)
+        return NULL;
+    *pp = p;
+    return &p->vq[q];
+}
+
+/* Refreshes sw->now, the coarse seconds the MAC table's ages count in. */
+static inline void vs_tick(struct vs_switch *sw)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    sw->now = (uint32_t)ts.tv_sec;
+}
 
 /* Loads and stores on memory the guest shares with us: each field is read
  * once into a local so a racing guest cannot change it between check and use. */
@@ -256,11 +309,9 @@ uint32_t vs_vring_enqueue(struct vs_port *p, struct vs_vring *vq, struct vs_pkt 
 /* vs_run.c */
 int vs_run_init(struct vs_switch *sw);
 void vs_run_destroy(struct vs_switch *sw);
-/* Wakes the loop to look at its state again (no pause). */
-void vs_run_wake(struct vs_switch *sw);
 
-/* vs_switch.c */
-void vs_tick(struct vs_switch *sw);
+/* vs_forward.c: forwarding, a burst at a time. */
+/* Serves one port's TX ring (or tap fd) for up to budget frames. */
 int vs_serve(struct vs_switch *sw, uint32_t port, uint32_t budget, bool arm);
 /* vs_vring_complete and vs_vring_enqueue do not interrupt the guest: the
  * switch notes each ring they published (signal_due), and this fences once
@@ -289,13 +340,33 @@ static inline void vs_delivered(struct vs_port *p, const struct vs_pkt *pkt)
 int vs_tap_dequeue(struct vs_port *p, struct vs_pkt *pkts, uint32_t max);
 uint32_t vs_tap_enqueue(struct vs_port *p, struct vs_pkt **pkts, uint32_t n);
 
-/* vs_fdb.c */
+/* vs_fdb.c: the MAC table on its own.  Times are the switch's coarse
+ * seconds (sw->now); ports are below VS_MAX_PORTS, mac and vlan within
+ * VS_MAC_MASK and VS_VLAN_MAX (the callers check). */
 int vs_fdb_init(struct vs_fdb *fdb, uint32_t max);
 void vs_fdb_destroy(struct vs_fdb *fdb);
-void vs_fdb_learn(struct vs_switch *sw, uint64_t mac, uint16_t vlan, uint32_t port);
+/* Learns that mac is behind port, unless that makes the port own more than
+ * limit dynamic entries (0 = no limit). */
+enum vs_learn vs_fdb_learn(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan, uint32_t port,
+                           uint32_t limit, uint32_t now);
 /* Port index for (vlan, mac), or -1. */
 int64_t vs_fdb_lookup(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan);
-/* Ages up to n slots from the sweep cursor on; returns entries removed. */
-uint32_t vs_fdb_age_some(struct vs_switch *sw, uint32_t max_age, uint32_t n);
+/* Adds or replaces an entry, ignoring the port's limit; -ENOSPC when full. */
+int vs_fdb_put(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan, uint32_t port, bool is_static,
+               uint32_t now);
+int vs_fdb_remove(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan);
+/* Removes the entries of port (every port if port < 0); returns how many. */
+uint32_t vs_fdb_remove_port(struct vs_fdb *fdb, int port, bool include_static);
+/* Removes dynamic entries idle for max_age seconds or more: all of them, or
+ * those among the next n slots from where the last call stopped. */
+uint32_t vs_fdb_expire(struct vs_fdb *fdb, uint32_t now, uint32_t max_age);
+uint32_t vs_fdb_expire_some(struct vs_fdb *fdb, uint32_t now, uint32_t max_age, uint32_t n);
+uint32_t vs_fdb_read(const struct vs_fdb *fdb, uint32_t now, struct vs_fdb_entry *out,
+                     uint32_t max);
+
+static inline uint32_t vs_fdb_slots(const struct vs_fdb *fdb)
+{
+    return fdb->mask + 1;
+}
 
 #endif

@@ -18,16 +18,15 @@
  * no syscall.  Without it the switch and a fast guest can settle into
  * trading a frame or two at a time: every poll finds one frame, every store
  * to a ring index pulls a cache line away from the other side, and the
- * pair runs at 40 % of its speed, for as long as the traffic lasts.  A
- * few microseconds let bursts form again, far below what a guest's own
- * interrupt path costs.  The bar is two bursts, not a few frames: a loop
- * that finds less than that is still ahead of its front ends, and each
- * look steals the index lines they are writing (with the generator's and
- * the switch's cores in different core complexes, a trip between them
- * each).  On 2026-12-01, 64 B PVP, 3 µs below 64 frames against 1 µs below
- * 8, in the seconds with both cores in one complex (scripts/bench's probe):
- * +13 %, +21 % and -2 % in three A/B runs; a gain, if any, within this
- * host's noise, and never a loss beyond it.
+ * pair runs at well under half its speed, for as long as the traffic
+ * lasts.  A few microseconds let bursts form again, far below what a
+ * guest's own interrupt path costs.  The bar is two bursts (LINGER_BELOW),
+ * not a few frames: a loop that finds less than that is still ahead of its
+ * front ends, and each look steals the index lines they are writing (with
+ * the generator's and the switch's cores in different core complexes, a
+ * trip between them each).  The A/B runs that chose the bar and the
+ * default linger are in the messages of the commits that set them (git log
+ * csrc/vs_run.c).
  *
  * A TX ring set up with no kick eventfd (SET_VRING_KICK's no-fd flag:
  * "poll this ring") has nothing to sleep on, so while one exists the sleep
@@ -53,7 +52,15 @@
 #include "vs_internal.h"
 
 #define RUN_BUDGET (4 * VS_BURST)
+/* What an epoll event is for: port << TAG_QUEUE_BITS | queue for a kick
+ * eventfd, TAG_TAP in place of the queue for a tap fd, TAG_CTL for ctl_fd. */
+#define TAG_QUEUE_BITS 8
+#define TAG_QUEUE_MASK ((1u << TAG_QUEUE_BITS) - 1)
+#define TAG_TAP TAG_QUEUE_MASK
 #define TAG_CTL 0xffffffffu
+_Static_assert(VS_MAX_QUEUES <= TAG_TAP, "queue numbers must stay below TAG_TAP");
+_Static_assert((uint64_t)VS_MAX_PORTS << TAG_QUEUE_BITS <= TAG_CTL,
+               "port tags must stay below TAG_CTL");
 #define LINGER_BELOW (2 * VS_BURST)     /* frames per loop */
 #define POLL_NOFD_MS 1
 
@@ -149,13 +156,13 @@ static int rebuild(struct vs_switch *sw)
         struct vs_port *p = &sw->ports[id];
         if (p->kind == VS_PORT_TAP) {
             if (p->fd >= 0 && !p->broken)
-                watch(r, p->fd, id << 8 | 0xff);
+                watch(r, p->fd, id << TAG_QUEUE_BITS | TAG_TAP);
             continue;
         }
         for (uint32_t q = 0; q < VS_MAX_QUEUES; q++) {
             if (p->vq[q].kick_fd >= 0)
-                watch(r, p->vq[q].kick_fd, id << 8 | q);
-            else if (q % 2 == 1 && p->vq[q].started)
+                watch(r, p->vq[q].kick_fd, id << TAG_QUEUE_BITS | q);
+            else if (!vs_queue_is_rx(q) && p->vq[q].started)
                 r->polled++;
         }
     }
@@ -182,7 +189,7 @@ static bool arm_all(struct vs_switch *sw)
     bool work = false;
     for (uint32_t k = 0; k < sw->nopen; k++) {
         struct vs_port *p = &sw->ports[sw->open_ids[k]];
-        struct vs_vring *vq = &p->vq[1];
+        struct vs_vring *vq = &p->vq[VS_QUEUE_TX];
         if (p->kind != VS_PORT_VHOST || !vq->ready)
             continue;
         vs_vring_enable_kicks(p, vq, true);
@@ -197,19 +204,19 @@ static bool arm_all(struct vs_switch *sw)
  * it after a sleep.  *last is when the last slice was taken. */
 static void age(struct vs_switch *sw, uint64_t *last)
 {
-    uint32_t max_age = __atomic_load_n(&sw->fdb.max_age, __ATOMIC_RELAXED);
+    uint32_t max_age = __atomic_load_n(&sw->run.max_age, __ATOMIC_RELAXED);
     uint64_t t = now_ns(), dt = t - *last;
     if (max_age == 0) {
         *last = t;
         return;
     }
-    uint64_t cap = (uint64_t)sw->fdb.mask + 1;
+    uint64_t cap = vs_fdb_slots(&sw->fdb);
     if (dt > 1000000000u)
         dt = 1000000000u;
     uint64_t slots = cap * dt / 1000000000u;
     if (slots == 0)
         return;     /* too soon for a whole slot: the time adds up */
-    vs_fdb_age_some(sw, max_age, (uint32_t)slots);
+    sw->st.fdb_aged += vs_fdb_expire_some(&sw->fdb, sw->now, max_age, (uint32_t)slots);
     *last = t;
 }
 
@@ -220,7 +227,7 @@ static bool sleep_until_kicked(struct vs_switch *sw)
     struct epoll_event evs[64];
     sw->st.poll_sleeps++;
     /* Entries to age: wake once a second for them. */
-    bool aging = __atomic_load_n(&sw->fdb.max_age, __ATOMIC_RELAXED) && sw->fdb.count > 0;
+    bool aging = __atomic_load_n(&r->max_age, __ATOMIC_RELAXED) && sw->fdb.count > 0;
     int ms = r->polled ? POLL_NOFD_MS : aging ? 1000 : -1;
     int n = epoll_wait(r->epfd, evs, 64, ms);
     for (int i = 0; i < n; i++) {
@@ -232,8 +239,8 @@ static bool sleep_until_kicked(struct vs_switch *sw)
             (void)!read(r->ctl_fd, &v, sizeof(v));
             continue;
         }
-        uint32_t id = tag >> 8, q = tag & 0xff;
-        if (q == 0xff) {
+        uint32_t id = tag >> TAG_QUEUE_BITS, q = tag & TAG_QUEUE_MASK;
+        if (q == TAG_TAP) {
             /* A tap fd: the next poll reads it.  A broken one (interface
              * deleted) would report an error forever: stop watching it. */
             if (sw->ports[id].broken)
@@ -338,10 +345,19 @@ void vs_run_resume(struct vs_switch *sw)
     efd_write(r->ctl_fd);
 }
 
-void vs_run_wake(struct vs_switch *sw)
+/* Wakes the loop to look at its state again (no pause). */
+static void run_wake(struct vs_switch *sw)
 {
     if (sw->run.ctl_fd >= 0)
         efd_write(sw->run.ctl_fd);
+}
+
+void vs_fdb_set_max_age(struct vs_switch *sw, uint32_t max_age)
+{
+    if (__atomic_exchange_n(&sw->run.max_age, max_age, __ATOMIC_RELAXED) == max_age)
+        return;
+    /* A thread asleep with no timeout must look again at how long to sleep. */
+    run_wake(sw);
 }
 
 void vs_run_stop(struct vs_switch *sw)

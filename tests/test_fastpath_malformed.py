@@ -260,7 +260,7 @@ def test_broken_port_comes_back_after_reset(net: Net) -> None:
 
 @pytest.mark.parametrize("features", [0, F_VERSION_1], ids=["legacy", "v1"])
 def test_used_ring_overlapping_avail_ring_is_refused(sw: Switch, features: int) -> None:
-    """Found by csrc/fuzz_vring.c.  Without EVENT_IDX, kick suppression is
+    """Found by csrc/fuzz/fuzz_vring.c.  Without EVENT_IDX, kick suppression is
     the NO_NOTIFY bit in used->flags; a guest that puts its used ring 2
     bytes after its avail ring makes that word its avail->idx, so each time
     the switch re-enabled kicks the ring seemed to have changed and one call

@@ -4,11 +4,11 @@
    a build made with -fsanitize=address,undefined (scripts/build-inplace
    OUTDIR, loaded through VSWITCH_FASTPATH_DIR), with libasan preloaded into
    the interpreter, which is not itself instrumented.
-2. csrc/fuzz_vring.c, a libFuzzer harness, replays its seeds and then runs
+2. csrc/fuzz/fuzz_vring.c, a libFuzzer harness, replays its seeds and then runs
    for a bounded time (scripts/fuzz).
 
 `python tests/test_fastpath_sanitizers.py seeds` rewrites the seed inputs in
-tests/corpus/fuzz_vring/ (layout documented in csrc/fuzz_vring.c).
+tests/corpus/fuzz_vring/ (layout documented in csrc/fuzz/fuzz_vring.c).
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def test_fuzz_vring_bounded(fuzz_out: Path) -> None:
     assert "Done" in r.stderr and "stat::number_of_executed_units" in r.stderr, tail
 
 
-# Seed inputs for csrc/fuzz_vring.c
+# Seed inputs for csrc/fuzz/fuzz_vring.c
 
 
 _MODERN, _LEGACY = 0b1111, 0b0000  # harness feature bits: MRG, INDIRECT, EVENT_IDX, VERSION_1

@@ -33,7 +33,7 @@ DIRECTIONS = {"rx": CAP_RX, "tx": CAP_TX, "both": CAP_RX | CAP_TX}
 READ_INTERVAL = 0.02  # seconds between drains of the C ring
 CHUNK = 256 << 10  # bytes drained per read: bounds the time one read holds the loop
 DEFAULT_BUFFER = 4 << 20
-MIN_BUFFER, MAX_BUFFER = 64 << 10, 256 << 20  # csrc/vs_capture.c CAP_MIN_RING, CAP_MAX_RING
+MIN_BUFFER, MAX_BUFFER = 64 << 10, 256 << 20  # VS_CAP_MIN_RING, VS_CAP_MAX_RING (fastpath.h)
 MAX_SNAPLEN = 65535
 TRAILER_TIMEOUT = 2.0
 

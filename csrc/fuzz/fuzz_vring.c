@@ -215,10 +215,10 @@ static void run_op(struct world *w, uint8_t op, uint8_t arg)
     case 0:
     case 1:
     case 2:     /* the common case: a guest kicks its TX ring */
-        vs_port_kick(w->sw, port, 1);
+        vs_port_kick(w->sw, port, VS_QUEUE_TX);
         break;
     case 3:
-        vs_port_kick(w->sw, port, 0);
+        vs_port_kick(w->sw, port, VS_QUEUE_RX);
         break;
     case 4:
         vs_poll(w->sw, 1 + arg);

@@ -1,0 +1,236 @@
+/* Forwarding: a burst at a time, from one port to the others.
+ *
+ * One burst: take up to VS_BURST frames from a port's TX ring, learn each
+ * source, queue each frame on its destination port (or every other up port
+ * when flooding), then give every destination its queue in one enqueue, so
+ * each egress ring gets one used-index update and at most one interrupt.
+ * vs_port_kick and vs_poll serve from the event loop; the poll thread
+ * (vs_run.c) calls vs_serve itself. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <unistd.h>
+
+#include "vs_internal.h"
+
+#define KICK_BUDGET (8 * VS_BURST)
+
+static inline uint64_t mac_at(const uint8_t *b)
+{
+    return (uint64_t)b[0] << 40 | (uint64_t)b[1] << 32 | (uint64_t)b[2] << 24 |
+           (uint64_t)b[3] << 16 | (uint64_t)b[4] << 8 | (uint64_t)b[5];
+}
+
+/* Can the port take frames now? */
+static inline bool can_take(const struct vs_port *p)
+{
+    return p->kind == VS_PORT_TAP ? p->fd >= 0 && !p->broken : p->vq[VS_QUEUE_RX].ready;
+}
+
+/* The used index of ring q of port was published: decide on an interrupt
+ * at the next vs_flush_signals. */
+static inline void signal_due(struct vs_switch *sw, uint32_t port, uint32_t q)
+{
+    struct vs_vring *vq = &sw->ports[port].vq[q];
+    if (!vq->signal_due) {
+        vq->signal_due = true;
+        sw->signal[sw->nsignal++] = port * VS_MAX_QUEUES + q;
+    }
+}
+
+void vs_flush_signals(struct vs_switch *sw)
+{
+    if (sw->nsignal == 0)
+        return;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    for (uint32_t i = 0; i < sw->nsignal; i++) {
+        struct vs_port *p = &sw->ports[sw->signal[i] / VS_MAX_QUEUES];
+        struct vs_vring *vq = &p->vq[sw->signal[i] % VS_MAX_QUEUES];
+        vq->signal_due = false;
+        vs_vring_signal(p, vq);
+    }
+    sw->nsignal = 0;
+}
+
+/* Learns a source address on port in and counts what became of it. */
+static inline void learn(struct vs_switch *sw, struct vs_port *ip, uint64_t src)
+{
+    switch (vs_fdb_learn(&sw->fdb, src, 0, ip->id, ip->mac_limit, sw->now)) {
+    case VS_LEARN_NEW:
+        ip->st.fdb_learned++;
+        break;
+    case VS_LEARN_MOVED:
+        ip->st.fdb_moved++;
+        break;
+    case VS_LEARN_LIMIT:
+        ip->st.fdb_limit++;
+        break;
+    case VS_LEARN_FULL:
+        sw->st.fdb_full++;
+        break;
+    case VS_LEARN_SEEN:
+    case VS_LEARN_STATIC:
+        break;
+    }
+}
+
+static inline void queue_on(struct vs_switch *sw, uint32_t port, struct vs_pkt *pkt)
+{
+    struct vs_port *d = &sw->ports[port];
+    if (d->npending == 0)
+        sw->dirty[sw->ndirty++] = port;
+    d->pending[d->npending++] = pkt;
+}
+
+/* Frames of one burst mostly share their addresses (a flow, a bulk
+ * transfer), so the last source learned and the last destination looked up
+ * are remembered for the burst.  Learning can only change the entry of the
+ * address it learns, and it forgets the destination when it runs. */
+static void forward(struct vs_switch *sw, uint32_t in, struct vs_pkt *pkts, uint32_t n)
+{
+    struct vs_port *ip = &sw->ports[in];
+    uint64_t last_src = ~0ULL, last_dst = ~0ULL;
+    int64_t last_out = -1;
+    for (uint32_t i = 0; i < n; i++) {
+        struct vs_pkt *pkt = &pkts[i];
+        if (vs_capturing(ip, VS_CAP_RX))
+            vs_capture_frame(ip, VS_CAP_RX, pkt);
+        uint64_t dst = mac_at(pkt->eth), src = mac_at(pkt->eth + 6);
+        if (src != last_src) {
+            /* Group and all-zero sources are never stations. */
+            if (!(src & (1ULL << 40)) && src != 0)
+                learn(sw, ip, src);
+            last_src = src;
+            last_dst = ~0ULL;
+        }
+        if (!(dst & (1ULL << 40))) {
+            if (dst != last_dst) {
+                last_out = vs_fdb_lookup(&sw->fdb, dst, 0);
+                last_dst = dst;
+            }
+            int64_t out = last_out;
+            if (out >= 0) {
+                if ((uint32_t)out == in)
+                    continue;
+                struct vs_port *d = &sw->ports[out];
+                if (d->open && can_take(d))
+                    queue_on(sw, (uint32_t)out, pkt);
+                else if (d->open)
+                    d->st.tx_drop_port_down++;
+                continue;
+            }
+        }
+        sw->st.flooded++;
+        for (uint32_t k = 0; k < sw->nopen; k++) {
+            uint32_t o = sw->open_ids[k];
+            if (o != in && can_take(&sw->ports[o])) {
+                sw->ports[o].st.tx_flood++;
+                queue_on(sw, o, pkt);
+            }
+        }
+    }
+    for (uint32_t k = 0; k < sw->ndirty; k++) {
+        struct vs_port *d = &sw->ports[sw->dirty[k]];
+        if (d->kind == VS_PORT_TAP)
+            vs_tap_enqueue(d, d->pending, d->npending);
+        else if (vs_vring_enqueue(d, &d->vq[VS_QUEUE_RX], d->pending, d->npending) > 0)
+            signal_due(sw, sw->dirty[k], VS_QUEUE_RX);
+        d->npending = 0;
+    }
+    sw->ndirty = 0;
+}
+
+static int serve_tap(struct vs_switch *sw, uint32_t port, uint32_t budget)
+{
+    struct vs_port *p = &sw->ports[port];
+    uint32_t total = 0;
+    while (total < budget) {
+        int n = vs_tap_dequeue(p, sw->pkts, VS_BURST);
+        if (n <= 0)
+            return total > 0 ? (int)total : n;
+        forward(sw, port, sw->pkts, (uint32_t)n);
+        total += (uint32_t)n;
+    }
+    return (int)total;
+}
+
+/* Serves a port's TX ring until it is empty or the budget is spent.  With
+ * arm, an empty ring is left asking the guest for kicks (event mode); the
+ * poll loop arms rings only before it sleeps, so a busy guest never kicks.
+ * The caller keeps sw->now fresh (vs_tick). */
+int vs_serve(struct vs_switch *sw, uint32_t port, uint32_t budget, bool arm)
+{
+    struct vs_port *p = &sw->ports[port];
+    if (p->kind == VS_PORT_TAP)
+        return serve_tap(sw, port, budget);
+    struct vs_vring *vq = &p->vq[VS_QUEUE_TX];
+    uint32_t total = 0, spent = 0;
+    if (!vq->ready)
+        return p->broken ? -EIO : 0;
+    vs_vring_enable_kicks(p, vq, false);
+    /* Every chain consumed, dropped or not, and every pass spends budget:
+     * a guest cannot keep us here with runts or a ring that never settles. */
+    while (spent < budget) {
+        uint32_t consumed;
+        int n = vs_vring_dequeue(p, vq, sw->pkts, VS_BURST, &consumed);
+        if (n < 0) {
+            if (vs_vring_complete(p, vq, consumed))
+                signal_due(sw, port, VS_QUEUE_TX);
+            return total > 0 ? (int)total : n;
+        }
+        forward(sw, port, sw->pkts, (uint32_t)n);
+        if (vs_vring_complete(p, vq, consumed))
+            signal_due(sw, port, VS_QUEUE_TX);
+        total += (uint32_t)n;
+        spent += consumed + 1;
+        if (consumed > 0)
+            continue;
+        if (!arm)
+            return (int)total;
+        /* Ring looked empty: ask for kicks, then look once more so a frame
+         * added in between is not left waiting for a kick that never comes. */
+        vs_vring_enable_kicks(p, vq, true);
+        uint16_t idx = __atomic_load_n(&vq->avail->idx, __ATOMIC_ACQUIRE);
+        if (idx == vq->last_avail)
+            return (int)total;
+        vs_vring_enable_kicks(p, vq, false);
+    }
+    /* Budget spent with kicks off: the caller comes back (see vs_port_kick). */
+    return (int)(total > 0 ? total : 1);
+}
+
+int vs_port_kick(struct vs_switch *sw, uint32_t port, uint32_t q)
+{
+    struct vs_port *p;
+    struct vs_vring *vq = vs_vring_get(sw, port, q, &p);
+    if (!vq)
+        return -EINVAL;
+    vs_tick(sw);
+    if (p->kind == VS_PORT_TAP) {
+        int n = vs_serve(sw, port, KICK_BUDGET, true);
+        vs_flush_signals(sw);
+        return n;
+    }
+    if (vq->kick_fd >= 0) {
+        uint64_t v;
+        if (read(vq->kick_fd, &v, sizeof(v)) == sizeof(v))
+            p->st.kicks++;
+    }
+    if (vs_queue_is_rx(q))
+        return 0;   /* RX buffers added: nothing waits for them, we never queue */
+    int n = vs_serve(sw, port, KICK_BUDGET, true);
+    vs_flush_signals(sw);
+    return n;
+}
+
+int vs_poll(struct vs_switch *sw, uint32_t budget)
+{
+    int total = 0;
+    vs_tick(sw);
+    for (uint32_t k = 0; k < sw->nopen; k++) {
+        int n = vs_serve(sw, sw->open_ids[k], budget, true);
+        if (n > 0)
+            total += n;
+    }
+    vs_flush_signals(sw);
+    return total;
+}

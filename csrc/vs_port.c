@@ -1,0 +1,294 @@
+/* Ports as the control plane sets them up: open, close, reset, MTU, MAC
+ * limit, features, guest memory, and each virtqueue's vhost-user settings
+ * (SET_VRING_*), with the state and counters read back.  Whether a ring can
+ * be served is worked out here, after every change (refresh); serving it is
+ * vs_forward.c. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <string.h>
+
+#include "vs_internal.h"
+
+/* Recomputes whether a ring can be served, after any change to it, to the
+ * port's memory or to its features. */
+static void refresh(struct vs_port *p, struct vs_vring *vq)
+{
+    bool was = vq->ready;
+    vq->ready = false;
+    vq->kicks_off = false;  /* the ring may be new: the next "off" writes */
+    if (p->broken)
+        return;
+    if (vs_vring_translate(p, vq) < 0 || !vq->started || !vq->enabled)
+        return;
+    vq->ready = true;
+    /* Buffers added to an RX ring never need our attention (frames that
+     * find no room are dropped, not queued), so the guest need not kick
+     * for them: a kick costs it a syscall or a VM exit.  With EVENT_IDX the
+     * avail_event we never move does the same, but for one kick per wrap. */
+    if (vs_queue_is_rx((uint32_t)(vq - p->vq)))
+        vs_vring_enable_kicks(p, vq, false);
+    if (!was) {
+        /* After a reconnect the ring in guest memory is the truth: resume
+         * from the used index the guest last saw. */
+        uint16_t used = READ_ONCE(vq->used->idx);
+        if (used != vq->last_used)
+            vq->last_avail = vq->last_used = used;
+        vq->signalled_valid = false;
+    }
+}
+
+static void refresh_all(struct vs_port *p)
+{
+    for (int q = 0; q < VS_MAX_QUEUES; q++)
+        refresh(p, &p->vq[q]);
+}
+
+int vs_port_open(struct vs_switch *sw, uint32_t port, uint32_t kind, uint32_t mtu)
+{
+    if (port >= VS_MAX_PORTS || sw->ports[port].open)
+        return -EINVAL;
+    if ((kind != VS_PORT_VHOST && kind != VS_PORT_TAP) || mtu < VS_MIN_MTU || mtu > VS_MAX_MTU)
+        return -EINVAL;
+    struct vs_port *p = &sw->ports[port];
+    memset(p, 0, sizeof(*p));
+    for (int q = 0; q < VS_MAX_QUEUES; q++)
+        vs_vring_init(&p->vq[q]);
+    p->open = true;
+    p->id = port;
+    p->kind = kind;
+    p->fd = -1;
+    p->mtu = mtu;
+    p->mac_limit = VS_DEFAULT_MAC_LIMIT;
+    p->error = "";
+    p->hdr_len = 10;
+    sw->open_ids[sw->nopen++] = port;
+    return 0;
+}
+
+void vs_port_reset(struct vs_switch *sw, uint32_t port)
+{
+    struct vs_port *p = vs_port_get(sw, port);
+    if (!p)
+        return;
+    vs_mem_unmap(&p->mem);
+    for (int q = 0; q < VS_MAX_QUEUES; q++)
+        vs_vring_init(&p->vq[q]);
+    p->features = 0;
+    p->hdr_len = 10;
+    p->mrg_rxbuf = p->event_idx = p->indirect = false;
+    p->broken = false;
+    p->error = "";
+    p->fd = -1;
+    vs_fdb_remove_port(&sw->fdb, (int)port, false);
+}
+
+void vs_port_close(struct vs_switch *sw, uint32_t port)
+{
+    struct vs_port *p = vs_port_get(sw, port);
+    if (!p)
+        return;
+    vs_port_reset(sw, port);
+    vs_fdb_remove_port(&sw->fdb, (int)port, true);
+    vs_capture_stop(sw, port);
+    p->open = false;
+    for (uint32_t i = 0; i < sw->nopen; i++) {
+        if (sw->open_ids[i] == port) {
+            sw->open_ids[i] = sw->open_ids[--sw->nopen];
+            break;
+        }
+    }
+}
+
+int vs_port_set_mtu(struct vs_switch *sw, uint32_t port, uint32_t mtu)
+{
+    struct vs_port *p = vs_port_get(sw, port);
+    if (!p)
+        return -ENODEV;
+    if (mtu < VS_MIN_MTU || mtu > VS_MAX_MTU)
+        return -EINVAL;
+    p->mtu = mtu;
+    return 0;
+}
+
+int vs_port_set_mac_limit(struct vs_switch *sw, uint32_t port, uint32_t limit)
+{
+    struct vs_port *p = vs_port_get(sw, port);
+    if (!p)
+        return -ENODEV;
+    p->mac_limit = limit;
+    return 0;
+}
+
+int vs_port_set_fd(struct vs_switch *sw, uint32_t port, int fd)
+{
+    struct vs_port *p = vs_port_get(sw, port);
+    if (!p || p->kind != VS_PORT_TAP)
+        return -EINVAL;
+    p->fd = fd;
+    p->broken = false;
+    p->error = "";
+    return 0;
+}
+
+int vs_port_set_features(struct vs_switch *sw, uint32_t port, uint64_t features)
+{
+    struct vs_port *p = vs_port_get(sw, port);
+    if (!p)
+        return -ENODEV;
+    p->features = features;
+    p->mrg_rxbuf = features & (1ULL << VS_F_MRG_RXBUF);
+    p->event_idx = features & (1ULL << VS_F_EVENT_IDX);
+    p->indirect = features & (1ULL << VS_F_INDIRECT_DESC);
+    p->hdr_len = (p->mrg_rxbuf || (features & (1ULL << VS_F_VERSION_1))) ? 12 : 10;
+    refresh_all(p);
+    return 0;
+}
+
+int vs_port_set_mem(struct vs_switch *sw, uint32_t port, const struct vs_mem_region *regions,
+                    uint32_t n)
+{
+    struct vs_port *p = vs_port_get(sw, port);
+    if (!p)
+        return -ENODEV;
+    struct vs_mem fresh;
+    int rc = vs_mem_map(&fresh, regions, n);
+    if (rc < 0)
+        return rc;
+    struct vs_mem old = p->mem;
+    p->mem = fresh;
+    refresh_all(p);
+    vs_mem_unmap(&old);
+    return 0;
+}
+
+uint32_t vs_port_state(struct vs_switch *sw, uint32_t port)
+{
+    struct vs_port *p = vs_port_get(sw, port);
+    if (!p)
+        return 0;
+    uint32_t s = VS_STATE_OPEN;
+    if (p->broken)
+        s |= VS_STATE_BROKEN;
+    bool up = p->kind == VS_PORT_TAP ? p->fd >= 0 && !p->broken
+                                     : p->vq[VS_QUEUE_RX].ready && p->vq[VS_QUEUE_TX].ready;
+    if (up)
+        s |= VS_STATE_UP;
+    return s;
+}
+
+const char *vs_port_error(struct vs_switch *sw, uint32_t port)
+{
+    struct vs_port *p = vs_port_get(sw, port);
+    return p ? p->error : "no such port";
+}
+
+void vs_port_get_stats(struct vs_switch *sw, uint32_t port, struct vs_port_stats *out)
+{
+    struct vs_port *p = vs_port_get(sw, port);
+    if (!p) {
+        memset(out, 0, sizeof(*out));
+        return;
+    }
+    *out = p->st;
+    /* The table keeps this one: only it sees an entry go. */
+    out->fdb_count = sw->fdb.owned[port];
+}
+
+int vs_vring_set_num(struct vs_switch *sw, uint32_t port, uint32_t q, uint32_t num)
+{
+    struct vs_port *p;
+    struct vs_vring *vq = vs_vring_get(sw, port, q, &p);
+    if (!vq)
+        return -EINVAL;
+    if (num == 0 || num > VS_MAX_RING_SIZE || (num & (num - 1)))
+        return -EINVAL;
+    vq->num = num;
+    refresh(p, vq);
+    return 0;
+}
+
+int vs_vring_set_addr(struct vs_switch *sw, uint32_t port, uint32_t q, uint64_t desc_uaddr,
+                      uint64_t used_uaddr, uint64_t avail_uaddr)
+{
+    struct vs_port *p;
+    struct vs_vring *vq = vs_vring_get(sw, port, q, &p);
+    if (!vq)
+        return -EINVAL;
+    vq->desc_ua = desc_uaddr;
+    vq->used_ua = used_uaddr;
+    vq->avail_ua = avail_uaddr;
+    vq->addr_set = true;
+    /* A front end that sets the rings up again gets a fresh start. */
+    if (p->broken) {
+        p->broken = false;
+        p->error = "";
+        refresh_all(p);
+    }
+    int rc = vs_vring_translate(p, vq);
+    refresh(p, vq);
+    return rc == -EAGAIN ? 0 : rc;
+}
+
+int vs_vring_set_base(struct vs_switch *sw, uint32_t port, uint32_t q, uint32_t base)
+{
+    struct vs_port *p;
+    struct vs_vring *vq = vs_vring_get(sw, port, q, &p);
+    if (!vq || base > UINT16_MAX)
+        return -EINVAL;
+    vq->last_avail = vq->last_used = (uint16_t)base;
+    vq->signalled_valid = false;
+    return 0;
+}
+
+int vs_vring_stop(struct vs_switch *sw, uint32_t port, uint32_t q)
+{
+    struct vs_port *p;
+    struct vs_vring *vq = vs_vring_get(sw, port, q, &p);
+    if (!vq)
+        return -EINVAL;
+    vq->started = false;
+    vq->ready = false;
+    vq->kick_fd = -1;
+    vq->call_fd = -1;
+    return vq->last_avail;
+}
+
+int vs_vring_set_kick(struct vs_switch *sw, uint32_t port, uint32_t q, int fd)
+{
+    struct vs_port *p;
+    struct vs_vring *vq = vs_vring_get(sw, port, q, &p);
+    if (!vq)
+        return -EINVAL;
+    vq->kick_fd = fd;
+    vq->started = true;
+    refresh(p, vq);
+    return 0;
+}
+
+int vs_vring_set_call(struct vs_switch *sw, uint32_t port, uint32_t q, int fd)
+{
+    struct vs_port *p;
+    struct vs_vring *vq = vs_vring_get(sw, port, q, &p);
+    if (!vq)
+        return -EINVAL;
+    vq->call_fd = fd;
+    return 0;
+}
+
+int vs_vring_enable(struct vs_switch *sw, uint32_t port, uint32_t q, int enabled)
+{
+    struct vs_port *p;
+    struct vs_vring *vq = vs_vring_get(sw, port, q, &p);
+    if (!vq)
+        return -EINVAL;
+    vq->enabled = enabled != 0;
+    refresh(p, vq);
+    return 0;
+}
+
+int vs_vring_ready(struct vs_switch *sw, uint32_t port, uint32_t q)
+{
+    struct vs_port *p;
+    struct vs_vring *vq = vs_vring_get(sw, port, q, &p);
+    return vq && vq->ready;
+}
