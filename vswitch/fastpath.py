@@ -16,15 +16,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from vswitch._fastpath import ffi, lib
+from vswitch.limits import BURST, MAX_PORTS
 
 # The header's structs are shared with C; a mismatch means a stale build.
 assert ffi.sizeof("struct vs_mem_region") == 40
 assert ffi.sizeof("struct vs_fdb_entry") == 24
 assert ffi.sizeof("struct vs_cap_hdr") == 24
 
-MAX_PORTS: int = lib.VS_MAX_PORTS
-MAX_QUEUES: int = lib.VS_MAX_QUEUES
-BURST: int = lib.VS_BURST
 PORT_VHOST: int = lib.VS_PORT_VHOST
 PORT_TAP: int = lib.VS_PORT_TAP
 CAP_RX: int = lib.VS_CAP_RX

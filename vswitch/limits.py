@@ -14,7 +14,17 @@ MAX_RING_SIZE: int = lib.VS_MAX_RING_SIZE
 MIN_MTU: int = lib.VS_MIN_MTU
 MAX_MTU: int = lib.VS_MAX_MTU
 BURST: int = lib.VS_BURST
+MAX_FDB_SIZE: int = lib.VS_MAX_FDB_SIZE
+DEFAULT_MAC_LIMIT: int = lib.VS_DEFAULT_MAC_LIMIT  # dynamic MACs one port may own; 0 = no limit
+CAP_MIN_RING: int = lib.VS_CAP_MIN_RING
+CAP_MAX_RING: int = lib.VS_CAP_MAX_RING
 
-# Dynamic MAC addresses one port may own by default (0 = no limit): a policy of the
-# configuration, not of the C table, which takes any limit.
-DEFAULT_MAC_LIMIT = 4096
+# Ring 2k is queue pair k's guest RX ring (the switch writes it), 2k+1 its TX ring.
+QUEUE_RX: int = lib.VS_QUEUE_RX
+QUEUE_TX: int = lib.VS_QUEUE_TX
+QUEUES_PER_PAIR: int = lib.VS_QUEUES_PER_PAIR
+
+
+def is_tx_ring(q: int) -> bool:
+    """A ring the guest fills and the switch drains (the guest's TX)."""
+    return q % QUEUES_PER_PAIR == QUEUE_TX

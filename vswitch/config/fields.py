@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, ValidationInfo
 
-from vswitch.limits import MAX_MTU, MIN_MTU
+from vswitch.limits import MAX_FDB_SIZE, MAX_MTU, MIN_MTU
 from vswitch.logs import LEVELS
 from vswitch.mac import MAC_FIX, parse_static_mac
 
@@ -221,6 +221,6 @@ FileMode = Annotated[int, BeforeValidator(file_mode)]
 SocketPath = Annotated[Path, BeforeValidator(socket_path)]
 PortName = Annotated[str, BeforeValidator(port_name)]
 Mac = Annotated[int, BeforeValidator(static_mac)]
-MacLimit = Annotated[int, BeforeValidator(int_in(0, 16 * 2**20, "0 = no limit, e.g. 4096"))]
+MacLimit = Annotated[int, BeforeValidator(int_in(0, MAX_FDB_SIZE, "0 = no limit, e.g. 4096"))]
 Mtu = Annotated[int, BeforeValidator(int_in(MIN_MTU, MAX_MTU, "e.g. 1500"))]
 Address = Annotated[str, BeforeValidator(check_address)]

@@ -11,7 +11,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, PrivateAttr, model_
 
 from vswitch.config.fields import FileMode, LogLevel, SocketPath, int_in, listen_addr
 from vswitch.config.ports import Model, Port, TapPort
-from vswitch.limits import MAX_PORTS
+from vswitch.limits import MAX_FDB_SIZE, MAX_PORTS
 from vswitch.mac import format_mac
 
 Loc = tuple[int | str, ...]
@@ -35,7 +35,7 @@ class SwitchConfig(Model):
     """The `switch:` section."""
 
     mac_age: Annotated[int, BeforeValidator(int_in(0, 2**31 - 1, "seconds, 0 = never"))] = 300
-    fdb_size: Annotated[int, BeforeValidator(int_in(16, 16 * 2**20, "e.g. 65536"))] = 65536
+    fdb_size: Annotated[int, BeforeValidator(int_in(16, MAX_FDB_SIZE, "e.g. 65536"))] = 65536
     log_level: Annotated[str, LogLevel] = "info"  # one of vswitch.logs.LEVELS
     # thread: the C poll thread serves the rings (busy while frames flow,
     # asleep in epoll when idle); loop: the event loop serves them on kicks.

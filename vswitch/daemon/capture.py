@@ -25,6 +25,7 @@ from vswitch import __version__
 from vswitch.control import Stream
 from vswitch.errors import ControlError
 from vswitch.fastpath import CAP_RX, CAP_TX, Fastpath
+from vswitch.limits import CAP_MAX_RING, CAP_MIN_RING
 from vswitch.pcap import FORMATS, Encoder
 
 log = logging.getLogger("vswitch.capture")
@@ -33,9 +34,9 @@ DIRECTIONS = {"rx": CAP_RX, "tx": CAP_TX, "both": CAP_RX | CAP_TX}
 READ_INTERVAL = 0.02  # seconds between drains of the C ring
 CHUNK = 256 << 10  # bytes drained per read: bounds the time one read holds the loop
 DEFAULT_BUFFER = 4 << 20
-MIN_BUFFER, MAX_BUFFER = 64 << 10, 256 << 20  # VS_CAP_MIN_RING, VS_CAP_MAX_RING (fastpath.h)
 MAX_SNAPLEN = 65535
 TRAILER_TIMEOUT = 2.0
+MAX_DURATION = 366 * 86400.0  # a year: longer is a mistake (or Infinity)
 
 
 @dataclass(frozen=True)
@@ -74,16 +75,21 @@ def parse_args(
     if count is not None:
         count = _int("count", count, 1, 2**63 - 1)
     if duration is not None and (
-        isinstance(duration, bool) or not isinstance(duration, int | float) or duration <= 0
+        isinstance(duration, bool)
+        or not isinstance(duration, int | float)
+        or not 0 < duration <= MAX_DURATION  # also refuses NaN, which compares false
     ):
-        raise ControlError(f"capture: duration must be a positive number, got {duration!r}")
+        raise ControlError(
+            f"capture: duration must be a number of seconds in (0, {MAX_DURATION:.0f}], "
+            f"got {duration!r}"
+        )
     return CaptureArgs(
         port=port,
         direction=direction,
         count=count,
         snaplen=_int("snaplen", snaplen, 1, MAX_SNAPLEN),
         format=format,
-        buffer=_int("buffer", buffer, MIN_BUFFER, MAX_BUFFER),
+        buffer=_int("buffer", buffer, CAP_MIN_RING, CAP_MAX_RING),
         duration=float(duration) if duration is not None else None,
     )
 

@@ -53,6 +53,7 @@ from vswitch.config.fields import (
     int_in,
 )
 from vswitch.errors import ConfigError
+from vswitch.limits import MAX_FDB_SIZE
 from vswitch.mac import format_mac
 
 __all__ = ["LabSpec", "Loc", "load_lab", "parse_lab"]
@@ -145,7 +146,7 @@ class NodeSpec(_M):
 class SwitchSpec(_M):
     datapath: Literal["thread", "loop"] = "thread"
     mac_age: Annotated[int, BeforeValidator(int_in(0, 2**31 - 1, "seconds, 0 = never"))] = 300
-    fdb_size: Annotated[int, BeforeValidator(int_in(16, 16 * 2**20, "e.g. 65536"))] = 65536
+    fdb_size: Annotated[int, BeforeValidator(int_in(16, MAX_FDB_SIZE, "e.g. 65536"))] = 65536
     log_level: Annotated[str, LogLevel] = "info"  # one of vswitch.logs.LEVELS
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from vswitch.config import TapPort as TapConfig
 from vswitch.errors import StartupError
 from vswitch.fastpath import PORT_TAP, Fastpath
+from vswitch.limits import QUEUE_TX
 from vswitch.mac import format_mac
 from vswitch.netsys.netns import create_netns, delete_netns, netns_exists, run_in_netns
 from vswitch.netsys.tuntap import TUNGETIFF, delete_link, open_tap
@@ -112,7 +113,7 @@ class TapPort(Port):
         if self.port < 0 or self.fd < 0:
             self._unwatch()
             return
-        if self.dp.kick(self.port, 1) < 0:
+        if self.dp.kick(self.port, QUEUE_TX) < 0:
             self.check()
 
     def attached(self) -> bool:
