@@ -179,6 +179,13 @@ async def test_garbage_on_the_control_socket(sw: Switch) -> None:
         (b'{"cmd": "capture", "args": {"port": "a", "direction": "up"}}\n', "direction must"),
         (b'{"cmd": "fdb", "args": {"colour": 1}}\n', "bad arguments for 'fdb'"),
         (b"\xff\xfe\n", "request is not valid UTF-8"),
+        # Nesting deep enough to exhaust the decoder's recursion (issue 12).
+        (b"[" * 200_000 + b"]" * 200_000 + b"\n", "request is nested too deeply"),
+        # Numbers JSON cannot carry but Python's decoder accepts: never a capture that
+        # cannot end (issue 12).
+        (b'{"cmd": "capture", "args": {"port": "a", "duration": NaN}}\n', "duration must"),
+        (b'{"cmd": "capture", "args": {"port": "a", "duration": Infinity}}\n', "duration must"),
+        (b'{"cmd": "capture", "args": {"port": "a", "duration": 1e300}}\n', "duration must"),
     ]:
         reply = await conn.send(raw)
         assert reply["ok"] is False and error in reply["error"], (raw, reply)

@@ -179,6 +179,8 @@ class ControlServer:
             return _reply(None, error="request is not valid UTF-8"), None
         except ValueError as exc:
             return _reply(None, error=f"request is not valid JSON: {exc}"), None
+        except RecursionError:  # the decoder recurses per nesting level
+            return _reply(None, error="request is nested too deeply"), None
         if not isinstance(req, dict):
             msg = 'request must be a JSON object like {"id":1,"cmd":"ports"}'
             return _reply(None, error=msg), None
