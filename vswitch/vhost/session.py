@@ -17,7 +17,8 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vswitch.fastpath import MAX_QUEUES, Fastpath, Region
+from vswitch.fastpath import Fastpath, Region
+from vswitch.limits import MAX_QUEUES, is_tx_ring
 from vswitch.vhost import protocol as P
 from vswitch.vhost.protocol import PF, F, Message, ProtocolError, Req
 from vswitch.vhost.transport import PeerClosed, close_fds, recv_message, send
@@ -116,14 +117,16 @@ class VhostSession:
 
     def teardown(self) -> None:
         """Drop everything the front end gave us; the port goes down."""
-        for q, vr in enumerate(self.vrings):
+        for q in range(len(self.vrings)):
             self._unwatch(q)
+        # The fast path lets go of the rings' fds (and the memory) before they are closed.
+        self.dp.reset_port(self.port)
+        for vr in self.vrings:
             vr.close_fds()
         self.vrings = [Vring() for _ in range(MAX_QUEUES)]
         if self.backend_fd >= 0:
             os.close(self.backend_fd)
             self.backend_fd = -1
-        self.dp.reset_port(self.port)
         self.dp.set_mtu(self.port, self.max_mtu)
         self.sock.close()
         self._state_changed()
@@ -291,22 +294,24 @@ class VhostSession:
         q, fd = self._vring_fd(msg)
         vr = self.vrings[q]
         self._unwatch(q)
-        if vr.kick >= 0:
-            os.close(vr.kick)
-        vr.kick = fd
+        old, vr.kick = vr.kick, fd
         vr.started = True
         vr.held = False
         if fd >= 0:
             _nonblocking(fd)
-        elif q % 2 == 1:
+        elif is_tx_ring(q):
             log.info("port %s: vring %d has no kick eventfd: polled", self.name, q)
+        # The fast path lets go of the old fd before it is closed: once closed, its
+        # number can be reused by any other open().
         self.dp.vring_kick_fd(self.port, q, fd)
+        if old >= 0:
+            os.close(old)
         self._apply_enable()
         if not self.dp.threaded:
             if fd >= 0:
                 self.loop.add_reader(fd, self._kick, q)
                 self._watched.add(fd)
-            elif q % 2 == 1:
+            elif is_tx_ring(q):
                 self._polls[q] = self.loop.call_later(POLL_INTERVAL, self._poll, q)
             # Serve what the guest queued before we were told where to look.
             self.loop.call_soon(self._kick, q)
