@@ -18,6 +18,7 @@ from vswitch.daemon.metrics import MetricsServer, Snapshot
 from vswitch.daemon.reload import apply, diff
 from vswitch.errors import ConfigError, ControlError, StartupError
 from vswitch.fastpath import Fastpath
+from vswitch.netsys.fds import raise_fd_limit
 from vswitch.ports import Port, new_port
 
 log = logging.getLogger("vswitch")
@@ -55,6 +56,7 @@ class Switch:
 
     async def _start(self) -> None:
         cfg = self.config
+        raise_fd_limit(len(cfg.ports))
         self.dp = Fastpath(cfg.switch.fdb_size)
         if cfg.switch.datapath == "thread":
             # Before any port exists, so no session ever watches kicks itself.
@@ -90,7 +92,10 @@ class Switch:
             self._control = None
         await self.stop_metrics()
         for port in self.ports.values():
-            await port.stop()
+            try:
+                await port.stop()
+            except Exception:  # one port's failure must not leave the others behind
+                log.exception("port %s: stopping failed", port.name)
         self.ports.clear()
         if self.dp is not None:
             self.dp.close()

@@ -64,8 +64,12 @@ class VhostPort(Port):
         for task in (self._accept_task, self._session_task):
             if task is not None:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                try:
                     await task
+                except asyncio.CancelledError:
+                    pass
+                except Exception:  # a task that failed earlier must not stop the teardown
+                    log.exception("port %s: %s had failed", self.name, task.get_name())
         if self._listener is not None:
             self._listener.close()
             self._listener = None
@@ -76,8 +80,19 @@ class VhostPort(Port):
     async def _accept(self) -> None:
         loop = asyncio.get_running_loop()
         assert self._listener is not None
+        delay = RETRY_MIN
         while True:
-            conn, _ = await loop.sock_accept(self._listener)
+            try:
+                conn, _ = await loop.sock_accept(self._listener)
+            except OSError as e:
+                # Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS): the connection
+                # waits in the backlog; try again later rather than stop listening.
+                log.warning("port %s: cannot accept a front end: %s; retrying in %.1f s",
+                            self.name, e.strerror or e, delay)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            delay = RETRY_MIN
             conn.setblocking(False)
             if self.session is not None:
                 log.warning(
@@ -103,12 +118,14 @@ class VhostPort(Port):
         path = str(self.cfg.path)
         delay, waiting_logged = RETRY_MIN, False
         while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            sock.setblocking(False)
+            sock = None
             try:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+                sock.setblocking(False)
                 await loop.sock_connect(sock, path)
-            except OSError as e:
-                sock.close()
+            except OSError as e:  # no front end yet, or no descriptor left (EMFILE)
+                if sock is not None:
+                    sock.close()
                 if not waiting_logged:
                     log.info("port %s: waiting for a front end at %s (%s)", self.name, path,
                              e.strerror or e)  # fmt: skip
