@@ -19,8 +19,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from vhost_frontend import QEMU_FEATURES, Frontend
-from virtio_driver import (
+from vswitch.testkit.vhost_frontend import QEMU_FEATURES, Frontend
+from vswitch.testkit.virtio_driver import (
     F_MRG_RXBUF,
     F_VERSION_1,
     GuestMemory,
@@ -29,7 +29,6 @@ from virtio_driver import (
     eventfd_take,
     net_hdr,
 )
-
 from vswitch.vhost import protocol as P
 from vswitch.vhost.protocol import Req
 

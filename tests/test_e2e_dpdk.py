@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import need, need_root, need_tool
 from e2e import SwitchProcess
-from testpmd import DpdkTestpmd, hugepages_ready
+
+from vswitch.testkit.testpmd import DpdkTestpmd, hugepages_ready
 
 pytestmark = pytest.mark.dpdk
 

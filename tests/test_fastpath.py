@@ -15,7 +15,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from virtio_driver import (
+
+from vswitch.testkit.virtio_driver import (
     F_MRG_RXBUF,
     F_VERSION_1,
     MODERN,

@@ -15,7 +15,8 @@ import struct
 from collections.abc import Callable, Iterator
 
 import pytest
-from virtio_driver import (
+
+from vswitch.testkit.virtio_driver import (
     DESC_F_INDIRECT,
     DESC_F_NEXT,
     DESC_F_WRITE,

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from virtio_driver import (
+
+from vswitch.testkit.virtio_driver import (
     AVAIL_F_NO_INTERRUPT,
     F_EVENT_IDX,
     F_INDIRECT_DESC,

@@ -52,10 +52,10 @@ from peers import (
     open_fds,
     vports,
 )
-from vhost_frontend import QEMU_FEATURES, QEMU_PROTOCOL_FEATURES, Frontend
 
 from vswitch.config import parse_config
 from vswitch.daemon.switch import Switch
+from vswitch.testkit.vhost_frontend import QEMU_FEATURES, QEMU_PROTOCOL_FEATURES, Frontend
 from vswitch.vhost import protocol as P
 from vswitch.vhost.protocol import Req
 

@@ -18,13 +18,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from vhost_frontend import Frontend, eventfd
-from virtio_driver import GuestMemory, SplitRing, eth, net_hdr
-
 from vswitch.config import Config, parse_config
 from vswitch.control import request
 from vswitch.daemon.switch import Switch
 from vswitch.errors import ControlError
+from vswitch.testkit.vhost_frontend import Frontend, eventfd
+from vswitch.testkit.virtio_driver import GuestMemory, SplitRing, eth, net_hdr
 
 HDR = net_hdr(12)  # VERSION_1 and MRG_RXBUF are negotiated: 12-byte header
 RING = 256

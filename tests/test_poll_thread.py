@@ -9,7 +9,8 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from virtio_driver import Q_RX, Q_TX, Switch, eth, lib, mac_int, net_hdr
+
+from vswitch.testkit.virtio_driver import Q_RX, Q_TX, Switch, eth, lib, mac_int, net_hdr
 
 MA, MB = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
 

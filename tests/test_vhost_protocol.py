@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from vhost_frontend import QEMU_FEATURES, Frontend, eventfd
 
 from vswitch.config import parse_config
 from vswitch.daemon.switch import Switch
 from vswitch.errors import StartupError
+from vswitch.testkit.vhost_frontend import QEMU_FEATURES, Frontend, eventfd
 from vswitch.vhost import protocol as P
 from vswitch.vhost.protocol import PF, F, Req
 

@@ -23,8 +23,8 @@ from peers import (
     seq_of,
     vports,
 )
-from virtio_driver import GuestMemory, net_hdr
 
+from vswitch.testkit.virtio_driver import GuestMemory, net_hdr
 from vswitch.vhost import protocol as P
 from vswitch.vhost.protocol import Req
 
