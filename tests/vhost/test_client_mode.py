@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 from conftest import need_root
-from e2e import SwitchProcess
-from peers import SoftGuest, count, frame, log_lines, seq_of
+from support.peers import SoftGuest, count, frame, log_lines, seq_of
+from support.switch_process import SwitchProcess
 
 MACS = {"a": "02:00:00:00:30:01", "b": "02:00:00:00:30:02"}
 

@@ -15,7 +15,7 @@ from conftest import need, need_tool
 
 from vswitch.lab.guest import ExecResult, Guest, GuestError, GuestTimeoutError, Nic, _b64
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "scripts" / "build-guest-image"
 
 

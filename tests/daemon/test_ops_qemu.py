@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import need_tool
-from e2e import SwitchProcess, build_guest_image
+from support.switch_process import SwitchProcess, build_guest_image
 
 from vswitch.lab.guest import Guest, GuestError, Nic
 

@@ -7,8 +7,8 @@
 2. csrc/fuzz_vring.c, a libFuzzer harness, replays its seeds and then runs
    for a bounded time (scripts/fuzz).
 
-`python tests/test_fastpath_sanitizers.py seeds` rewrites the seed inputs in
-tests/corpus/fuzz_vring/ (layout documented in csrc/fuzz_vring.c).
+`PYTHONPATH=tests python tests/fastpath/test_fastpath_sanitizers.py seeds` rewrites the
+seed inputs in tests/corpus/fuzz_vring/ (layout documented in csrc/fuzz_vring.c).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from conftest import need
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SEEDS = ROOT / "tests" / "corpus" / "fuzz_vring"
 SAN_CFLAGS = "-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -O1 -g"
 # How long the bounded fuzzing run lasts; raise it for a longer campaign.
@@ -64,7 +64,7 @@ def test_fastpath_tests_pass_under_asan_and_ubsan(asan_build: Path) -> None:
         ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1",
         UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1",
     )
-    tests = sorted(str(p) for p in (ROOT / "tests").glob("test_fastpath*.py")
+    tests = sorted(str(p) for p in Path(__file__).parent.glob("test_fastpath*.py")
                    if p.name != Path(__file__).name)
     r = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o",
@@ -266,12 +266,13 @@ def test_seed_files_are_current() -> None:
     for name, data in fuzz_seeds().items():
         path = SEEDS / name
         assert path.exists() and path.read_bytes() == data, (
-            f"{path} is stale: run python tests/test_fastpath_sanitizers.py seeds")
+            f"{path} is stale: run PYTHONPATH=tests python "
+            "tests/fastpath/test_fastpath_sanitizers.py seeds")
 
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["seeds"]:
-        sys.exit("usage: python tests/test_fastpath_sanitizers.py seeds")
+        sys.exit("usage: PYTHONPATH=tests python tests/fastpath/test_fastpath_sanitizers.py seeds")
     SEEDS.mkdir(parents=True, exist_ok=True)
     for name, data in fuzz_seeds().items():
         (SEEDS / name).write_bytes(data)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from test_ops_lib import VGuest, frames, wait_until
+from support.ops import VGuest, frames, wait_until
 
 from vswitch.config import load_config
 from vswitch.control import Client, request

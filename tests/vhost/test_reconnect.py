@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import need_tool
-from e2e import ROOT, SwitchProcess, build_guest_image
+from support.switch_process import ROOT, SwitchProcess, build_guest_image
 
 from vswitch.lab.guest import Guest, Nic
 

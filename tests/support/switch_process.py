@@ -15,7 +15,7 @@ import yaml
 
 from vswitch.control import request
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def build_guest_image() -> Path:

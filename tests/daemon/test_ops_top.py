@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import need_tool
-from test_ops_lib import VGuest, config, frames, wait_until
+from support.ops import VGuest, config, frames, wait_until
 
 from vswitch.daemon.switch import Switch
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_ops_lib import VGuest, config, frames, wait_until
+from support.ops import VGuest, config, frames, wait_until
 
 from vswitch.control import request
 from vswitch.control.server import MAX_REQUEST

@@ -1,5 +1,5 @@
 """Ring life cycles seen through the real `vswitch run`, with software guests
-(tests/peers.SoftGuest) that do exactly what a test needs: a TX ring with no
+(tests/support/peers.SoftGuest) that do exactly what a test needs: a TX ring with no
 kick eventfd (polled), a ring that turns bad, memory tables that change
 while frames flow, RESET_OWNER, and a device reset after a ring error."""
 
@@ -11,8 +11,7 @@ import select
 from pathlib import Path
 
 import pytest
-from e2e import SwitchProcess
-from peers import (
+from support.peers import (
     SoftGuest,
     announce,
     busy_seconds,
@@ -23,6 +22,7 @@ from peers import (
     seq_of,
     vports,
 )
+from support.switch_process import SwitchProcess
 
 from vswitch.testkit.virtio_driver import GuestMemory, net_hdr
 from vswitch.vhost import protocol as P

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
-from test_ops_lib import VGuest, frames, run_in, switch_in_thread, wait_until
+from support.ops import VGuest, frames, run_in, switch_in_thread, wait_until
 
 from vswitch.cli import main
 from vswitch.config import load_config

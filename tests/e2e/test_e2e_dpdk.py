@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import need, need_root, need_tool
-from e2e import SwitchProcess
+from support.switch_process import SwitchProcess
 
 from vswitch.testkit.testpmd import DpdkTestpmd, hugepages_ready
 

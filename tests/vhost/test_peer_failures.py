@@ -5,7 +5,7 @@ Real peers where it matters: Linux guests under QEMU killed with SIGKILL and
 rebooted in a loop while two others ping.  Where the test has to decide what
 a guest does with its rings (stop reading them, vanish mid-setup, connect
 and say nothing), a software guest behind the test-side front end
-(tests/peers.SoftGuest) talks to the real `vswitch run`, or to an in-process
+(tests/support/peers.SoftGuest) talks to the real `vswitch run`, or to an in-process
 Switch when the test reads the switch's own /proc/self.
 """
 
@@ -24,8 +24,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from conftest import need_tool
-from e2e import SwitchProcess, build_guest_image
-from peers import (
+from support.peers import (
     BROADCAST,
     SoftGuest,
     busy_seconds,
@@ -40,6 +39,7 @@ from peers import (
     served,
     vports,
 )
+from support.switch_process import SwitchProcess, build_guest_image
 
 from vswitch.config import parse_config
 from vswitch.control import request

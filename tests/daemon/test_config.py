@@ -12,7 +12,7 @@ from vswitch.config import Config, default_control_path, load_config
 from vswitch.errors import ConfigError
 from vswitch.mac import format_mac, parse_mac
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from test_ops_lib import Daemon, VGuest, frames, wait_until
+from support.ops import Daemon, VGuest, frames, wait_until
 
 from vswitch.control import request
 

@@ -317,7 +317,7 @@ async def test_tap_deleted_from_outside_takes_only_its_port_down(
 def image() -> Path:
     need_root()
     need_tool("qemu-system-x86_64")
-    from e2e import build_guest_image
+    from support.switch_process import build_guest_image
 
     return build_guest_image()
 
@@ -362,7 +362,7 @@ async def test_host_and_vm_through_tap_with_tshark(tmp_path: Path, image: Path) 
     """A namespace host pings a VM through a TAP port and back, tshark on the host sees the
     frames; deleting the host's TAP from outside leaves the switch, the VM and the other
     host running."""
-    from e2e import SwitchProcess
+    from support.switch_process import SwitchProcess
 
     from vswitch.lab.guest import Guest, Nic
 

@@ -1,7 +1,7 @@
 """Hostile input to the vhost-user device side, fuzzed with hypothesis.
 
 A real in-process Switch (on uvloop, as `vswitch run` runs it) gets message
-sequences through tests/vhost_frontend.Frontend.send_raw: known and unknown
+sequences through vswitch.testkit.vhost_frontend.Frontend.send_raw: known and unknown
 requests, any flags, payload sizes that match the header or not (and over
 the maximum), random payloads and structured ones (vring states and
 addresses, memory tables), and descriptors of every kind attached to any
@@ -39,11 +39,10 @@ from typing import Any
 
 import pytest
 import uvloop
-from e2e import ROOT, SwitchProcess
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
-from peers import (
+from support.peers import (
     SoftGuest,
     announce,
     busy_seconds,
@@ -52,6 +51,7 @@ from peers import (
     open_fds,
     vports,
 )
+from support.switch_process import ROOT, SwitchProcess
 
 from vswitch.config import parse_config
 from vswitch.daemon.switch import Switch

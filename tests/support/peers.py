@@ -2,8 +2,8 @@
 front end, raw half-peers that misbehave, and process resource probes.
 
 SoftGuest is QEMU plus a virtio-net driver in one object: it speaks the
-vhost-user protocol to the real switch (tests/vhost_frontend.Frontend) and
-drives split rings in its own memfd guest memory (tests/virtio_driver), so a
+vhost-user protocol to the real switch (vswitch.testkit.vhost_frontend.Frontend) and
+drives split rings in its own memfd guest memory (vswitch.testkit.virtio_driver), so a
 test can decide exactly what the "guest" does with its rings: post RX buffers
 or not, reclaim them or not, send a burst of frames, vanish.
 """

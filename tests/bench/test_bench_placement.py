@@ -7,17 +7,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import need, need_root
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-
 from benchlib import placement
 from benchlib.placement import ROUNDS, Placement, by_state
 from benchlib.procs import Children
+from conftest import need, need_root
 
 
 def test_probe_samples_the_round_trip_once_a_second(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from vswitch.lab.runner import labs_root
 from vswitch.mac import format_mac
 from vswitch.netsys.netns import list_netns
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LABS = ROOT / "configs" / "labs"
 # `vswitch lab ...` through the main CLI, as people type it.
 CLI = [sys.executable, "-m", "vswitch", "lab"]
@@ -282,7 +282,7 @@ def need_lab_tools() -> None:
     need_root()
     need_tool("qemu-system-x86_64")
     need_tool("ping")
-    from e2e import build_guest_image
+    from support.switch_process import build_guest_image
 
     build_guest_image()
 

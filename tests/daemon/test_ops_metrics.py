@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from test_ops_lib import VGuest, config, frames, wait_until
+from support.ops import VGuest, config, frames, wait_until
 
 from vswitch.control import request
 from vswitch.daemon.switch import Switch

@@ -1,8 +1,8 @@
-"""Helpers for the operations tests (test_ops_*.py); no tests of its own.
+"""Helpers for the operations tests (tests/daemon/test_ops_*.py).
 
-VGuest is a guest without QEMU: the test-side vhost-user front end (vhost_frontend.py)
+VGuest is a guest without QEMU: the test-side vhost-user front end (vswitch.testkit.vhost_frontend)
 hands a real daemon a memfd with split rings laid out by the test-side virtio driver
-(virtio_driver.py), then sends and receives exact frames through it.  Fast and exact,
+(vswitch.testkit.virtio_driver), then sends and receives exact frames through it.  Fast and exact,
 it is the traffic source for capture, metrics, top and the control API.
 """
 
