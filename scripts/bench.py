@@ -39,8 +39,6 @@ import tempfile
 import time
 from pathlib import Path
 
-# benchlib puts the repository and tests/ first on sys.path (vswitch; the
-# test-side front end, testpmd), as this file did before it was split.
 from benchlib import config
 from benchlib.config import ROOT, SCALE, SYSTEMS
 from benchlib.procs import log

@@ -2,7 +2,7 @@
 "flooding cost linear in ports").
 
 Not a PVP loop: the fast path is driven directly through the test-side
-virtio driver (tests/virtio_driver.py), with no thread, guest or generator,
+virtio driver (vswitch/testkit/virtio_driver.py), with no thread, guest or generator,
 so the figure is the switch's own cost and nothing else's.  One port sends
 broadcast frames; every other port has room for all of them, so each frame
 is copied once to each of the N-1 others.  Linear cost means the time per
@@ -29,7 +29,7 @@ def _rounds(nports: int, frames: int, size: int, rounds: int) -> list[float]:
     `size` bytes (FCS included) from one port to nports-1 others.  The same
     switch and memory serve every round, and the first is a warm-up: it
     faults in the switch's mappings of guest memory, a one-time cost."""
-    from virtio_driver import Q_TX, Switch, eth, lib, net_hdr
+    from vswitch.testkit.virtio_driver import Q_TX, Switch, eth, lib, net_hdr
 
     frame = eth(BCAST, MA, size - 4)
     out = []

@@ -33,10 +33,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from vswitch.lab import Lab, load_lab
 
-from vswitch.lab import Lab, load_lab  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 LABS = ROOT / "configs" / "labs"
 DOCS = ROOT / "docs"

@@ -1,6 +1,6 @@
 """The limits a person or a guest can hit, read from csrc/fastpath.h through cffi.
 
-Defined once, in C: Python never restates them (tests/test_limits.py checks the places
+Defined once, in C: Python never restates them (tests/fastpath/test_limits.py checks the places
 that must agree, such as the vhost-user protocol's region limit)."""
 
 from __future__ import annotations

@@ -319,7 +319,7 @@ def render(bench: Bench, machine: dict[str, Any], summary: dict[str, Any], argv:
     lines += [
         "",
         f"- 100k learned MACs: before the generator attaches, a third port (driven by the "
-        f"test-side front end, tests/vhost_frontend.py) sends one frame from each of "
+        f"test-side front end, vswitch/testkit/vhost_frontend.py) sends one frame from each of "
         f"{LEARN_MACS:,} source MACs; the fast path learns them as dynamic entries "
         "(fdb_size 262144, mac_age 300 s, so the 1 Hz aging pass walks them all during the "
         "run). The generator's two MACs carry the traffic.",

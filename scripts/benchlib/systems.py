@@ -16,7 +16,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from testpmd import PROMPT, TestpmdConsole  # tests/ (on sys.path: benchlib/__init__.py)
+from vswitch.testkit.testpmd import PROMPT, TestpmdConsole
 
 from .config import (
     GEN_CORE,
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 class TestPmd(TestpmdConsole):
     """dpdk-testpmd as one of the bench's children: stdout line-buffered
-    (stdbuf -oL), stdin kept open for commands (tests/testpmd.py), in its own
+    (stdbuf -oL), stdin kept open for commands (vswitch/testkit/testpmd.py), in its own
     session, at --nice, optionally pinned."""
 
     error = BenchError
@@ -224,8 +224,8 @@ class Vswitch(System):
 
 class VswitchManyMacs(Vswitch):
     """100k MACs learned by the fast path itself, before the generator starts:
-    a third port, driven by the test-side front end (tests/vhost_frontend.py,
-    tests/virtio_driver.py), sends one frame from each of 100k source MACs
+    a third port, driven by the test-side front end (vswitch/testkit/vhost_frontend.py,
+    vswitch/testkit/virtio_driver.py), sends one frame from each of 100k source MACs
     (to itself, so nothing floods).  They stay in the table as dynamic
     entries (mac_age 300 s, so the 1 Hz aging scan walks all of them during
     the measurement) while the generator's two MACs carry the traffic."""
@@ -280,11 +280,11 @@ class VswitchManyPorts(Vswitch):
 
 class IdleFrontend:
     """One port's front end without a VM: guest memory in a memfd, split rings,
-    eventfds, QEMU's message order (tests/vhost_frontend.py, tests/virtio_driver.py)."""
+    eventfds, QEMU's message order (vswitch/testkit/vhost_frontend.py, virtio_driver.py)."""
 
     def __init__(self, path: str, mem_size: int = 2 << 20, ring: int = 256) -> None:
-        from vhost_frontend import Frontend, eventfd
-        from virtio_driver import GuestMemory, SplitRing
+        from vswitch.testkit.vhost_frontend import Frontend, eventfd
+        from vswitch.testkit.virtio_driver import GuestMemory, SplitRing
 
         self.fe = Frontend(path)
         self.mem = GuestMemory.single(size=mem_size)
@@ -308,7 +308,7 @@ class IdleFrontend:
 
     async def send_sources(self, n: int, timeout: float = 120) -> None:
         """n frames, frame i from source MAC 02:10:00:00:00:00 + i to itself."""
-        from virtio_driver import net_hdr
+        from vswitch.testkit.virtio_driver import net_hdr
 
         hdr = net_hdr(12)  # VERSION_1 + MRG_RXBUF: the 12-byte header
         pad = bytes(46)

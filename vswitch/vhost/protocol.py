@@ -28,7 +28,7 @@ FLAG_NEED_REPLY = 0x8
 MAX_PAYLOAD = 4096
 MAX_FDS = 8
 # A SET_MEM_TABLE carries at most this many regions (VHOST_MEMORY_BASELINE_NREGIONS);
-# the fast path's VS_MAX_MEM_REGIONS must hold them (tests/test_limits.py).
+# the fast path's VS_MAX_MEM_REGIONS must hold them (tests/fastpath/test_limits.py).
 MEM_TABLE_MAX_REGIONS = 8
 
 # SET_VRING_KICK/CALL/ERR payload: vring index in bits 0-7, "no fd" in bit 8.

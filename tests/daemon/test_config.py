@@ -1,0 +1,301 @@
+"""Config loading: the minimal file, defaults, and one exact message per kind of mistake."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from vswitch.config import Config, default_control_path, load_config
+from vswitch.errors import ConfigError
+from vswitch.mac import format_mac, parse_mac
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text).replace("TMP", str(tmp_path)))
+    return path
+
+
+def error_of(path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return str(info.value)
+
+
+PORTS = """\
+ports:
+  - name: vm1
+    type: vhost-user
+    path: TMP/vm1.sock
+"""
+
+
+def test_minimal_config_loads() -> None:
+    os.makedirs("/tmp/vswitch", exist_ok=True)
+    cfg = load_config(REPO / "configs" / "minimal.yaml")
+    assert cfg.control == Path("/tmp/vswitch/ctl.sock")
+    assert not cfg.control_is_default
+    assert [p.name for p in cfg.ports] == ["vm1", "vm2"]
+    assert cfg.ports[1].path == Path("/tmp/vswitch/vm2.sock")
+    assert cfg.ports[0].type == "vhost-user"
+    hash(cfg)  # frozen and hashable, for reload diffing
+
+
+def test_example_config_loads(tmp_path: Path) -> None:
+    text = (REPO / "configs" / "example.yaml").read_text().replace("/tmp/vswitch", str(tmp_path))
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.control_mode == 0o600
+    vm1 = next(p for p in cfg.ports if p.name == "vm1")
+    assert (vm1.socket_mode, vm1.owner, vm1.group, vm1.mtu) == (0o660, 0, 0, 1500)
+    assert vm1.static_macs == (parse_mac("52:54:00:00:00:01"),)
+
+
+def test_defaults(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, PORTS))
+    assert cfg.control == default_control_path()
+    assert cfg.control_is_default
+    assert cfg.control_mode == 0o600
+    assert (cfg.switch.mac_age, cfg.switch.fdb_size, cfg.switch.log_level) == (300, 65536, "info")
+    port = cfg.ports[0]
+    assert (port.socket_mode, port.owner, port.group, port.mtu, port.static_macs) == (
+        0o600,
+        None,
+        None,
+        1500,
+        (),
+    )
+    assert cfg == load_config(write(tmp_path, PORTS))
+
+
+def test_default_control_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "getuid", lambda: 1000)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1000")
+    assert default_control_path() == Path("/run/user/1000/vswitch/ctl.sock")
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    assert default_control_path() == Path("/tmp/vswitch-1000/ctl.sock")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert default_control_path() == Path("/run/vswitch/ctl.sock")
+
+
+def test_values_and_modes(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(
+            tmp_path,
+            """\
+            control: ctl.sock
+            control_mode: 0640
+            switch: {mac_age: 0, fdb_size: 16, log_level: DEBUG}
+            ports:
+              - {name: a.b_c-1, type: vhost-user, path: a.sock, socket_mode: "0o660", owner: "0",
+                 group: 0, mtu: 9000, static_macs: [52:54:00:00:00:01, "52-54-00-AB-CD-EF"]}
+            """,
+        )
+    )
+    assert cfg.control == tmp_path / "ctl.sock"
+    assert cfg.control_mode == 0o640
+    assert (cfg.switch.mac_age, cfg.switch.fdb_size, cfg.switch.log_level) == (0, 16, "debug")
+    port = cfg.ports[0]
+    assert (port.socket_mode, port.owner, port.group, port.mtu) == (0o660, 0, 0, 9000)
+    assert [format_mac(m) for m in port.static_macs] == ["52:54:00:00:00:01", "52:54:00:ab:cd:ef"]
+
+
+def test_relative_path_resolved_against_config_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "sub" / "socks").mkdir(parents=True)
+    path = write(tmp_path / "sub", PORTS.replace("TMP/vm1.sock", "socks/vm1.sock"))
+    monkeypatch.chdir("/")
+    assert load_config(path).ports[0].path == tmp_path / "sub" / "socks" / "vm1.sock"
+
+
+def test_mac_helpers() -> None:
+    assert parse_mac("52:54:00:00:00:01") == 0x525400000001
+    assert parse_mac("AA:bb:CC:dd:EE:ff") == 0xAABBCCDDEEFF
+    assert format_mac(0x525400000001) == "52:54:00:00:00:01"
+    for bad in ("52:54:00:00:00", "52:54:00:00:00:0g", "525400000001", "52:54-00:00:00:01"):
+        with pytest.raises(ValueError):
+            parse_mac(bad)
+
+
+# Each case: (config text, the one expected message line after "config.yaml: ").
+BAD = {
+    "unknown top-level key": (
+        PORTS + "controll: x\n",
+        "controll: unknown key (did you mean 'control'? "
+        "known keys here: control, control_mode, metrics, ports, switch)",
+    ),
+    "unknown port key": (
+        PORTS + "    mtux: 1500\n",
+        "ports[0] (vm1).mtux: unknown key (did you mean 'mtu'? "
+        "known keys here: group, mac_limit, mode, mtu, name, owner, path, socket_mode, "
+        "static_macs, type)",
+    ),
+    "wrong type": (
+        PORTS + '    mtu: "1500"\n',
+        "ports[0] (vm1).mtu: expected a whole number, got the string '1500' (e.g. 1500)",
+    ),
+    "out of range": (
+        PORTS + "    mtu: 9001\n",
+        "ports[0] (vm1).mtu: 9001 is out of range 68..9000 (e.g. 1500)",
+    ),
+    "bad name": (
+        PORTS.replace("vm1", "a-very-long-port-name", 1),
+        "ports[0] (a-very-long-port-name).name: the string 'a-very-long-port-name' is not a "
+        "valid port name (use 1-15 characters from A-Z a-z 0-9 _ . -, e.g. vm1)",
+    ),
+    "missing key": (
+        "ports:\n  - {name: vm1, type: vhost-user}\n",
+        "ports[0] (vm1).path: required key is missing (add `path: /tmp/vswitch/vm1.sock`)",
+    ),
+    "no ports": ("ports: []\n", "ports: no ports (add at least one; see configs/minimal.yaml)"),
+    "duplicate name": (
+        PORTS + PORTS.removeprefix("ports:\n").replace("vm1.sock", "vm2.sock"),
+        "ports[1] (vm1).name: port name 'vm1' is already used by ports[0] (vm1) "
+        "(give each port a unique name)",
+    ),
+    "duplicate path": (
+        PORTS + PORTS.removeprefix("ports:\n").replace("name: vm1", "name: vm2"),
+        "ports[1] (vm2).path: TMP/vm1.sock is already used by ports[0] (vm1).path "
+        "(give each socket its own path)",
+    ),
+    "port path equals control": (
+        "control: vm1.sock\n" + PORTS,
+        "ports[0] (vm1).path: TMP/vm1.sock is already used by control "
+        "(give each socket its own path)",
+    ),
+    "missing directory": (
+        PORTS.replace("TMP/vm1.sock", "TMP/nope/vm1.sock"),
+        "ports[0] (vm1).path: directory TMP/nope does not exist (create it, or fix the path)",
+    ),
+    "missing control directory": (
+        "control: TMP/nope/ctl.sock\n" + PORTS,
+        "control: directory TMP/nope does not exist (create it, or fix the path)",
+    ),
+    "bad MAC": (
+        PORTS + "    static_macs: [52:54:00:00:00]\n",
+        "ports[0] (vm1).static_macs[0]: '52:54:00:00:00' is not a MAC address "
+        '(write it as a quoted string like "52:54:00:00:00:01")',
+    ),
+    "multicast MAC": (
+        PORTS + '    static_macs: ["52:54:00:00:00:02", "01:00:5E:00:00:01"]\n',
+        "ports[0] (vm1).static_macs[1]: 01:00:5E:00:00:01 is a multicast address; only unicast "
+        "addresses can be static (the first octet must be even, e.g. 52:54:00:...)",
+    ),
+    "broadcast MAC": (
+        PORTS + '    static_macs: ["ff:ff:ff:ff:ff:ff"]\n',
+        "ports[0] (vm1).static_macs[0]: ff:ff:ff:ff:ff:ff is a broadcast address; only unicast "
+        "addresses can be static (the first octet must be even, e.g. 52:54:00:...)",
+    ),
+    "zero MAC": (
+        PORTS + '    static_macs: ["00:00:00:00:00:00"]\n',
+        "ports[0] (vm1).static_macs[0]: 00:00:00:00:00:00 is the all-zero address "
+        "(give the guest's own unicast MAC)",
+    ),
+    "MAC on two ports": (
+        PORTS
+        + '    static_macs: ["52:54:00:00:00:01"]\n'
+        + "  - {name: vm2, type: vhost-user, path: vm2.sock, static_macs: [52:54:00:00:00:01]}\n",
+        "ports[1] (vm2).static_macs[0]: 52:54:00:00:00:01 is already used by "
+        "ports[0] (vm1).static_macs (a MAC can be static on one port only)",
+    ),
+    "world-writable mode": (
+        PORTS + '    socket_mode: "0666"\n',
+        "ports[0] (vm1).socket_mode: mode 0666 is world-writable: any local user could connect "
+        "to the socket and control the switch or its guests (drop the o+w bit, e.g. 0660, "
+        "and share with `group`)",
+    ),
+    "decimal mode": (
+        PORTS + "    socket_mode: 660\n",
+        "ports[0] (vm1).socket_mode: 660 is octal 1224: bits beyond rwxrwxrwx "
+        '(write it as a quoted octal string, e.g. "0660")',
+    ),
+    "unknown type": (
+        "ports:\n  - {name: t1, type: vxlan}\n",
+        "ports[0] (t1).type: unknown port type 'vxlan' (known types: vhost-user, tap)",
+    ),
+    "missing type": (
+        "ports:\n  - {name: t1, path: x.sock}\n",
+        "ports[0] (t1).type: required key is missing "
+        "(add `type: vhost-user`; known types: vhost-user, tap)",
+    ),
+    "unknown owner": (
+        PORTS + "    owner: no-such-user-here\n",
+        "ports[0] (vm1).owner: unknown user 'no-such-user-here' "
+        "(create it, or give an existing user name or numeric id)",
+    ),
+    "unknown group": (
+        PORTS + "    group: no-such-group-here\n",
+        "ports[0] (vm1).group: unknown group 'no-such-group-here' "
+        "(create it, or give an existing group name or numeric id)",
+    ),
+    "bad log level": (
+        PORTS + "switch: {log_level: loud}\n",
+        "switch.log_level: the string 'loud' is not a log level "
+        "(use one of debug, info, warning, error)",
+    ),
+    "section not a mapping": (
+        PORTS + "switch: 3\n",
+        "switch: expected a mapping of `key: value` lines, got the number 3 (see docs/config.md)",
+    ),
+    "ports not a list": (
+        "ports: vm1\n",
+        "ports: expected a list, got the string 'vm1' (write `- item` lines or [a, b])",
+    ),
+    "YAML syntax error": (
+        "ports:\n  - name: vm1\n   type: vhost-user\n",
+        "line 3, column 4: YAML syntax error: expected <block end>, "
+        "but found '<block mapping start>' (fix the YAML there)",
+    ),
+    "duplicate YAML key": (
+        PORTS + "    path: TMP/vm2.sock\n",
+        "line 5, column 5: duplicate key 'path' (first at line 4; keep only one)",
+    ),
+    "empty file": ("", "the file is empty (add a `ports:` list; see configs/minimal.yaml)"),
+    "comments only": (
+        "# nothing\n",
+        "the file is empty (add a `ports:` list; see configs/minimal.yaml)",
+    ),
+    "top level list": (
+        "- vm1\n",
+        "the top level is a list, not a mapping (start with `ports:`; see configs/minimal.yaml)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_config_gives_one_line(tmp_path: Path, case: str) -> None:
+    text, expected = BAD[case]
+    path = write(tmp_path, text)
+    msg = error_of(path)
+    assert msg == f"{path}: " + expected.replace("TMP", str(tmp_path))
+    assert "pydantic" not in msg and "http" not in msg
+
+
+def test_several_problems_one_line_each(tmp_path: Path) -> None:
+    path = write(tmp_path, PORTS + "    mtu: 1\n    socket_mode: 0777\n    bogus: 1\n")
+    lines = error_of(path).splitlines()
+    assert len(lines) == 3
+    assert all(line.startswith(f"{path}: ports[0] (vm1).") for line in lines)
+
+
+def test_unreadable_and_non_utf8(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.yaml"
+    assert error_of(missing) == (
+        f"{missing}: cannot read the file: No such file or directory (check the path)"
+    )
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"ports: \xff\n")
+    assert error_of(binary) == f"{binary}: byte 7: not valid UTF-8 (save it as UTF-8)"
+
+
+def test_config_objects_are_frozen(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, PORTS))
+    with pytest.raises(ValueError):
+        cfg.ports[0].mtu = 9000  # type: ignore[misc]
+    assert isinstance(cfg, Config)
