@@ -23,7 +23,8 @@ from typing import Any, NoReturn
 import click
 
 from vswitch.errors import ConfigError, VswitchError
-from vswitch.lab.model import LabSpec, load_lab
+from vswitch.lab.loader import load_lab
+from vswitch.lab.topology import LabSpec
 from vswitch.logs import LEVELS
 
 EXIT_RUNTIME = 1

@@ -52,7 +52,8 @@ import yaml
 from vswitch.config import default_control_path
 from vswitch.errors import VswitchError
 from vswitch.lab.guest import ExecResult, Guest, GuestError, GuestTimeoutError, Nic, image_dir
-from vswitch.lab.model import LabSpec, Node, load_lab
+from vswitch.lab.loader import load_lab
+from vswitch.lab.topology import LabSpec, Node
 from vswitch.mac import format_mac
 from vswitch.netsys.libc import die_with_parent as _die_with_parent
 from vswitch.netsys.netns import (
