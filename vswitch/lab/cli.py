@@ -1,6 +1,6 @@
 """`vswitch lab`: bring labs up and down, look at them, run commands in their nodes, draw them.
 
-A thin layer over vswitch.lab.runner.Lab.  `lab up` starts a supervisor process (this group's
+A thin layer over vswitch.lab.lifecycle.Lab.  `lab up` starts a supervisor process (this group's
 hidden `supervise` command) that owns the lab, prints its progress, and returns once every
 node answers; `lab status`, `lab exec` and `lab down` reach the supervisor through the lab's
 control socket in its run directory.
@@ -145,7 +145,7 @@ def up(file: Path, timeout: float, foreground: bool, switch_log_level: str | Non
 
 
 def _up_foreground(spec: LabSpec, timeout: float, level: str | None) -> None:
-    from vswitch.lab.runner import Lab
+    from vswitch.lab.lifecycle import Lab
 
     async def main() -> None:
         lab_ = Lab(spec, boot_timeout=timeout, progress=click.echo, switch_log_level=level)
@@ -177,7 +177,7 @@ def supervise(file: Path, timeout: float, switch_log_level: str | None) -> None:
     """The lab's owner (started by `lab up`): JSON events on stdout until the lab is up."""
     import logging
 
-    from vswitch.lab.runner import Lab
+    from vswitch.lab.lifecycle import Lab
 
     out = sys.stdout
     quiet = False
@@ -257,7 +257,9 @@ def supervise(file: Path, timeout: float, switch_log_level: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
 def status(name: str | None, as_json: bool) -> None:
     """Show the nodes, switches and links of a lab (NAME or FILE), or of every lab up."""
-    from vswitch.lab.runner import LabError, find_lab, lab_call, list_labs
+    from vswitch.lab.errors import LabError
+    from vswitch.lab.server import lab_call
+    from vswitch.lab.state import find_lab, list_labs
 
     try:
         names = [find_lab(name)] if name else list_labs()
@@ -342,22 +344,17 @@ def exec_(lab_ref: str | None, timeout: float, node: str, cmd: tuple[str, ...]) 
     `vswitch lab exec vm1 -- ping -c1 10.0.0.2`.  Prints the command's stdout and stderr
     and exits with its status.  On a host the command runs here, attached to this terminal;
     one argument is run by sh -c, several are run as they are."""
-    from vswitch.lab.runner import (
-        CONTROL,
-        LabError,
-        _read_state,
-        find_lab,
-        host_argv,
-        lab_call,
-        labs_root,
-        netns_preexec,
-    )
+    from vswitch.lab.errors import LabError
+    from vswitch.lab.procs import host_argv
+    from vswitch.lab.server import lab_call
+    from vswitch.lab.state import CONTROL, find_lab, labs_root, read_state
+    from vswitch.netsys.netns import netns_preexec
 
     try:
         name = find_lab(lab_ref)
     except (LabError, ConfigError) as exc:
         _fail(str(exc))
-    state = _read_state(labs_root() / name) or {}
+    state = read_state(labs_root() / name) or {}
     nodes = state.get("nodes", {})
     if node not in nodes:
         _fail(f"lab {name} has no node {node!r} (nodes: {', '.join(nodes) or 'none'})")
@@ -399,15 +396,9 @@ def down(name: str | None, all_: bool) -> None:
 
     Works also when the lab's owner died: whatever is left (processes, namespaces, the run
     directory) is removed."""
-    from vswitch.lab.runner import (
-        LabError,
-        _owner_alive,
-        find_lab,
-        lab_call,
-        labs_root,
-        list_labs,
-        sweep,
-    )
+    from vswitch.lab.errors import LabError
+    from vswitch.lab.server import lab_call
+    from vswitch.lab.state import find_lab, labs_root, list_labs, owner_alive, sweep
 
     try:
         if all_:
@@ -424,10 +415,10 @@ def down(name: str | None, all_: bool) -> None:
             continue
         run_dir = labs_root() / n
         t0 = time.monotonic()
-        if _owner_alive(run_dir):
+        if owner_alive(run_dir):
             with contextlib.suppress(LabError):
                 asyncio.run(lab_call(n, "down", wait=10))
-            while _owner_alive(run_dir) and time.monotonic() - t0 < 90:
+            while owner_alive(run_dir) and time.monotonic() - t0 < 90:
                 time.sleep(0.2)
         left = sweep(n, say=lambda line: click.echo(f"  {line}"))
         extra = f" (removed {len(left)} leftover(s))" if left else ""
