@@ -387,6 +387,6 @@ def top(interval: float, iterations: int | None, control: Path | None, config: P
         asyncio.run(run_top(path, interval, iterations))
 
 
-from vswitch.lab.cli import lab  # noqa: E402  (the lab commands build on the ones above)
+from vswitch.cli.lab import lab  # noqa: E402  (the lab commands build on the ones above)
 
 main.add_command(lab)
