@@ -30,7 +30,7 @@ from conftest import need_root, need_tool
 from vswitch.control import request
 from vswitch.errors import ConfigError
 from vswitch.lab import Lab, LabError, load_lab, parse_lab
-from vswitch.lab.runner import labs_root
+from vswitch.lab.state import labs_root
 from vswitch.mac import format_mac
 from vswitch.netsys.netns import list_netns
 

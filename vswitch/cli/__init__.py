@@ -1,5 +1,5 @@
 """The `vswitch` command, one module per command group: run.py (the daemon), ops.py
-(ports, fdb, stats, reload), capture.py, top.py, and the lab group (vswitch.lab.cli);
+(ports, fdb, stats, reload), capture.py, top.py, and the lab group (cli/lab.py);
 output.py formats what they print, ask.py reaches a running daemon."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import click
 
 from vswitch import __version__
 from vswitch.cli.capture import capture
+from vswitch.cli.lab import lab
 from vswitch.cli.ops import fdb, ports, reload, stats
 from vswitch.cli.run import run
 from vswitch.cli.top import top
-from vswitch.lab.cli import lab
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,5 +1,6 @@
 """Human output of the CLI: aligned tables for ports, the MAC table, counters, reloads,
-and the one way a command fails (an `error:` line per message line, then an exit code)."""
+durations, and the one way a command fails (an `error:` line per message line, then an
+exit code)."""
 
 from __future__ import annotations
 
@@ -139,10 +140,19 @@ def format_reload(result: dict[str, Any]) -> str:
 
 
 def duration(s: float) -> str:
+    """12345 -> '03:25:45' (days first when there are any): the daemon's uptime."""
     d, rest = divmod(int(s), 86400)
     h, rest = divmod(rest, 3600)
     m, sec = divmod(rest, 60)
     return (f"{d}d " if d else "") + f"{h:02d}:{m:02d}:{sec:02d}"
+
+
+def short_duration(s: float | None) -> str:
+    """125 -> '2m05s', 3725 -> '1h02m', None -> '-': a lab's uptime in `lab status`."""
+    if s is None:
+        return "-"
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 def si(value: float, unit: str = "") -> str:

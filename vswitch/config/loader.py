@@ -1,8 +1,8 @@
 """Reading a configuration file: a strict YAML loader, and pydantic's errors turned
 into one line per problem, `FILE: FIELD: problem (what to do)`.
 
-The loader and the renderer serve every model (the lab's files too): give `render_errors`
-the model classes that own each location.
+`read_yaml` and `render_errors` serve every file (the lab's too): the renderer takes a
+`locate` that names the model owning each location, and hooks for a file's own kinds.
 """
 
 from __future__ import annotations
@@ -64,33 +64,113 @@ StrictLoader.add_constructor("tag:yaml.org,2002:float", _no_base60(_SL.construct
 
 # --------------------------------------------------------------------------- errors
 
+Locate = Callable[[dict[str, Any]], tuple[Loc, type[BaseModel] | None]]
+Special = Callable[[dict[str, Any], type[BaseModel] | None, str], str | None]
 
-def _loc_text(loc: Loc, data: Any) -> str:
-    """("ports", 1, "path") -> "ports[1] (vm2).path", naming the port when the data has it."""
+
+def loc_text(loc: Loc) -> str:
+    """("ports", 1, "path") -> "ports[1].path"."""
     out = ""
-    for i, part in enumerate(loc):
+    for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
             out += f".{part}" if out else str(part)
-        if i == 1 and loc[0] == "ports" and isinstance(part, int) and isinstance(data, dict):
-            ports = data.get("ports")
-            port = ports[part] if isinstance(ports, list) and part < len(ports) else None
-            name = port.get("name") if isinstance(port, dict) else None
-            if isinstance(name, str) and name:
-                out += f" ({name})"
     return out
 
 
-def _strip_tags(loc: Loc) -> tuple[Loc, type[BaseModel] | None]:
+def _example(model: type[BaseModel] | None, key: str) -> str:
+    field = model.model_fields.get(key) if model else None
+    if field is None or not field.examples:
+        return f"{key}: ..."
+    return f"{key}: {field.examples[0]}"
+
+
+def _problem(
+    err: dict[str, Any], model: type[BaseModel] | None, key: str, *, docs: str, suggest: bool
+) -> str:
+    """The text of one pydantic error, for the kinds every model shares."""
+    kind, value = err["type"], err.get("input")
+    ctx = err.get("ctx") or {}
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"])).removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        known = sorted(model.model_fields) if model else []
+        close = difflib.get_close_matches(str(key), known, n=1) if suggest else []
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return f"unknown key ({hint}known keys here: {', '.join(known)})"
+    if kind == "missing":
+        return f"required key is missing (add `{_example(model, key)}`)"
+    if kind == "literal_error":
+        return f"{describe(value)} is not allowed (use one of {ctx.get('expected')})"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"expected a mapping of `key: value` lines, got {describe(value)} (see {docs})"
+    if kind in ("tuple_type", "list_type"):
+        return f"expected a list, got {describe(value)} (write `- item` lines or [a, b])"
+    return f"{err['msg']} (see {docs})"
+
+
+def render_errors(
+    exc: ValidationError,
+    *,
+    locate: Locate,
+    docs: str,
+    where: Callable[[Loc], str] = loc_text,
+    special: Special | None = None,
+    suggest: bool = True,
+) -> list[str]:
+    """pydantic's errors as `FIELD: problem (fix)` lines, each once, in order.
+
+    - locate(err): the error's location as a person reads it (pydantic's union tags and
+      validator names dropped) and the model owning its last key (for `unknown key` and
+      `missing` hints), or None;
+    - docs: the page a generic message points to; where(loc): the location's text;
+    - special(err, model, key): the text for kinds only this file has (None: the shared one);
+    - suggest: `did you mean` for an unknown key close to a known one.
+    A model validator raising `Problems` gives one line per problem, at its own location."""
+    lines: list[str] = []
+    for err in exc.errors(include_url=False):
+        problems = (err.get("ctx") or {}).get("error")
+        if isinstance(problems, Problems):
+            lines += [f"{where(loc)}: {msg}" for loc, msg in problems.problems]
+            continue
+        loc, model = locate(err)
+        key = str(loc[-1]) if loc else ""
+        text = special(err, model, key) if special else None
+        if text is None:
+            text = _problem(err, model, key, docs=docs, suggest=suggest)
+        lines.append(f"{where(loc)}: {text}" if loc else text)
+    return list(dict.fromkeys(lines))
+
+
+# The switch config's own: port names in locations, and the port-type union.
+
+
+def _config_loc_text(loc: Loc, data: Any) -> str:
+    """("ports", 1, "path") -> "ports[1] (vm2).path", naming the port when the data has it."""
+    text = loc_text(loc)
+    if len(loc) < 2 or loc[0] != "ports" or not isinstance(loc[1], int):
+        return text
+    ports = data.get("ports") if isinstance(data, dict) else None
+    port = ports[loc[1]] if isinstance(ports, list) and loc[1] < len(ports) else None
+    name = port.get("name") if isinstance(port, dict) else None
+    if not isinstance(name, str) or not name:
+        return text
+    head = loc_text(loc[:2])  # a prefix of text
+    return f"{head} ({name}){text[len(head) :]}"
+
+
+def _config_locate(err: dict[str, Any]) -> tuple[Loc, type[BaseModel] | None]:
     """Drop the union tag pydantic puts after ports[i]; find the model owning the last key."""
     out: list[int | str] = []
     model: type[BaseModel] | None = Config
-    for part in loc:
+    for part in err["loc"]:
         if isinstance(part, str) and part in PORT_TYPES and out and isinstance(out[-1], int):
             model = PORT_TYPES[part]
             continue
         out.append(part)
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        return (*out, "type"), PORT_TYPES["vhost-user"]
     parent = out[:-1]
     if parent == ["switch"]:
         model = SwitchConfig
@@ -103,55 +183,24 @@ def _strip_tags(loc: Loc) -> tuple[Loc, type[BaseModel] | None]:
     return tuple(out), model
 
 
-def _example(model: type[BaseModel] | None, key: str) -> str:
-    field = model.model_fields.get(key) if model else None
-    if field is None or not field.examples:
-        return f"{key}: ..."
-    return f"{key}: {field.examples[0]}"
-
-
-def _problem(err: dict[str, Any], model: type[BaseModel] | None, key: str) -> str:
-    kind, value = err["type"], err.get("input")
-    ctx = err.get("ctx") or {}
-    if kind == "value_error":
-        return str(ctx.get("error", err["msg"])).removeprefix("Value error, ")
-    if kind == "extra_forbidden":
-        known = sorted(model.model_fields) if model else []
-        close = difflib.get_close_matches(str(key), known, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        return f"unknown key ({hint}known keys here: {', '.join(known)})"
-    if kind == "missing":
-        return f"required key is missing (add `{_example(model, key)}`)"
-    if kind == "union_tag_invalid":
-        return f"unknown port type {ctx.get('tag')!r} (known types: {', '.join(PORT_TYPES)})"
-    if kind == "union_tag_not_found":
+def _config_special(err: dict[str, Any], model: type[BaseModel] | None, key: str) -> str | None:
+    if err["type"] == "union_tag_invalid":
+        tag = (err.get("ctx") or {}).get("tag")
+        return f"unknown port type {tag!r} (known types: {', '.join(PORT_TYPES)})"
+    if err["type"] == "union_tag_not_found":
         known = ", ".join(PORT_TYPES)
         return f"required key is missing (add `type: vhost-user`; known types: {known})"
-    if kind == "literal_error":
-        return f"{describe(value)} is not allowed (use one of {ctx.get('expected')})"
-    if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return (
-            f"expected a mapping of `key: value` lines, got {describe(value)} (see docs/config.md)"
-        )
-    if kind in ("tuple_type", "list_type"):
-        return f"expected a list, got {describe(value)} (write `- item` lines or [a, b])"
-    return f"{err['msg']} (see docs/config.md)"
+    return None
 
 
 def _convert(exc: ValidationError, data: Any) -> list[str]:
-    lines: list[str] = []
-    for err in exc.errors(include_url=False):
-        problems = (err.get("ctx") or {}).get("error")
-        if isinstance(problems, Problems):
-            lines += [f"{_loc_text(loc, data)}: {msg}" for loc, msg in problems.problems]
-            continue
-        loc, model = _strip_tags(tuple(err["loc"]))
-        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
-            loc, model = (*loc, "type"), PORT_TYPES["vhost-user"]
-        key = str(loc[-1]) if loc else ""
-        text = _problem(err, model, key)
-        lines.append(f"{_loc_text(loc, data)}: {text}" if loc else text)
-    return list(dict.fromkeys(lines))
+    return render_errors(
+        exc,
+        locate=_config_locate,
+        docs="docs/config.md",
+        where=lambda loc: _config_loc_text(loc, data),
+        special=_config_special,
+    )
 
 
 def parse_config(data: Any, *, name: str = "config", base_dir: Path | None = None) -> Config:
@@ -171,8 +220,10 @@ def parse_config(data: Any, *, name: str = "config", base_dir: Path | None = Non
         raise ConfigError("\n".join(f"{name}: {line}" for line in _convert(exc, data))) from None
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a YAML config file.  Blocking: use asyncio.to_thread on the loop."""
+def read_yaml(path: str | Path, *, syntax: str = "YAML syntax error: ") -> Any:
+    """A YAML file's data, read with StrictLoader; ConfigError `FILE: problem (fix)` when it
+    cannot be read, is not UTF-8 or is not YAML.  `syntax` precedes a syntax error's text
+    (lab files say nothing there).  Blocking."""
     name = str(path)
     try:
         raw = Path(path).read_bytes()
@@ -185,17 +236,20 @@ def load_config(path: str | Path) -> Config:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{name}: byte {exc.start}: not valid UTF-8 (save it as UTF-8)") from None
     try:
-        data = yaml.load(text, Loader=StrictLoader)  # StrictLoader is a SafeLoader
+        return yaml.load(text, Loader=StrictLoader)  # StrictLoader is a SafeLoader
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        what = (
-            exc.problem if isinstance(exc, DuplicateKey) else f"YAML syntax error: {exc.problem}"
-        )
+        what = exc.problem if isinstance(exc, DuplicateKey) else f"{syntax}{exc.problem}"
         fix = "" if isinstance(exc, DuplicateKey) else " (fix the YAML there)"
         raise ConfigError(f"{name}: {where}{what}{fix}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{name}: YAML error: {exc} (fix the YAML)") from None
-    cfg = parse_config(data, name=name, base_dir=Path(path).absolute().parent)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file.  Blocking: use asyncio.to_thread on the loop."""
+    data = read_yaml(path)
+    cfg = parse_config(data, name=str(path), base_dir=Path(path).absolute().parent)
     cfg._source = Path(path).absolute()
     return cfg

@@ -15,13 +15,23 @@ MAX_REPLY = 256 << 20  # the client accepts replies up to this size (a big fdb d
 REQUEST_TIMEOUT = 30.0
 
 
+class NoServer(ControlError):
+    """Nothing listens on the path (no socket there, or the connection is refused)."""
+
+
+class CommandFailed(ControlError):
+    """The server answered the request with an error; the message is the server's."""
+
+
 class Client:
     """One connection to the daemon, for several requests (`vswitch top`) or a stream.
 
-    `async with Client(path) as c: await c.call("ports")`; errors are ControlError."""
+    `async with Client(path) as c: await c.call("ports")`; errors are ControlError (NoServer
+    and CommandFailed tell two of them apart).  `timeout` bounds the connect and each reply."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, timeout: float = REQUEST_TIMEOUT) -> None:
         self.path = path
+        self.timeout = timeout
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self._ids = 0
@@ -37,10 +47,10 @@ class Client:
         path = self.path
         try:
             self.reader, self.writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(str(path), limit=MAX_REPLY), REQUEST_TIMEOUT
+                asyncio.open_unix_connection(str(path), limit=MAX_REPLY), self.timeout
             )
         except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
-            raise ControlError(f"no vswitch daemon on {path} (is `vswitch run` running?)") from None
+            raise NoServer(f"no vswitch daemon on {path} (is `vswitch run` running?)") from None
         except PermissionError:
             raise ControlError(
                 f"permission denied on {path} (run as the daemon's user, or widen control_mode)"
@@ -70,7 +80,7 @@ class Client:
             msg = {"id": self._ids, "cmd": cmd, "args": args}
             self.writer.write(json.dumps(msg).encode() + b"\n")
             await self.writer.drain()
-            line = await asyncio.wait_for(self.reader.readline(), REQUEST_TIMEOUT)
+            line = await asyncio.wait_for(self.reader.readline(), self.timeout)
         except TimeoutError:
             await self.close()
             raise ControlError(f"no reply from the vswitch daemon on {path}") from None
@@ -92,7 +102,7 @@ class Client:
         if not isinstance(resp, dict) or "ok" not in resp:
             raise ControlError(f"the reply from {path} is not a vswitch reply: {line[:80]!r}")
         if not resp["ok"]:
-            raise ControlError(str(resp.get("error") or "the daemon reported an unknown error"))
+            raise CommandFailed(str(resp.get("error") or "the daemon reported an unknown error"))
         return resp.get("result")
 
 

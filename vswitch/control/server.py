@@ -142,6 +142,10 @@ class ControlServer:
             await self._serve(reader, writer)
         except ConnectionError:
             pass
+        except asyncio.CancelledError:
+            # close() ended the connection.  Ending the task normally: asyncio's stream
+            # callback (Python 3.11) calls task.exception() and logs a cancelled task.
+            pass
         finally:
             self._clients.discard(task)
             writer.close()

@@ -7,7 +7,11 @@
 docs/lab.md describes the lab file, the commands and how a lab is built.
 """
 
-from vswitch.lab.model import LabSpec, load_lab, parse_lab
-from vswitch.lab.runner import ExecResult, Lab, LabError, sweep
+from vswitch.lab.errors import LabError
+from vswitch.lab.guest import ExecResult
+from vswitch.lab.lifecycle import Lab
+from vswitch.lab.loader import load_lab, parse_lab
+from vswitch.lab.state import sweep
+from vswitch.lab.topology import LabSpec
 
 __all__ = ["ExecResult", "Lab", "LabError", "LabSpec", "load_lab", "parse_lab", "sweep"]

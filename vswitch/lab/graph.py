@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from vswitch.errors import VswitchError
-from vswitch.lab.model import LabSpec
+from vswitch.lab.topology import LabSpec
 from vswitch.mac import format_mac
 
 FORMATS = ("svg", "png", "pdf", "dot")

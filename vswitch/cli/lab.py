@@ -1,9 +1,9 @@
 """`vswitch lab`: bring labs up and down, look at them, run commands in their nodes, draw them.
 
-A thin layer over vswitch.lab.runner.Lab.  `lab up` starts a supervisor process (this group's
-hidden `supervise` command) that owns the lab, prints its progress, and returns once every
-node answers; `lab status`, `lab exec` and `lab down` reach the supervisor through the lab's
-control socket in its run directory.
+A thin layer over vswitch.lab (lifecycle.Lab, state.py, server.py).  `lab up` starts a
+supervisor process (this group's hidden `supervise` command) that owns the lab, prints its
+progress, and returns once every node answers; `lab status`, `lab exec` and `lab down` reach
+the supervisor through the lab's control socket in its run directory.
 """
 
 from __future__ import annotations
@@ -16,46 +16,23 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
+from vswitch.cli.output import EXIT_RUNTIME, EXIT_USAGE, fail, short_duration, table
 from vswitch.errors import ConfigError, VswitchError
-from vswitch.lab.model import LabSpec, load_lab
+from vswitch.lab.loader import load_lab
+from vswitch.lab.topology import LabSpec
 from vswitch.logs import LEVELS
-
-EXIT_RUNTIME = 1
-EXIT_USAGE = 2
-
-
-def _fail(msg: str, code: int = EXIT_RUNTIME) -> NoReturn:
-    for line in msg.splitlines() or [""]:
-        click.echo(f"error: {line}", err=True)
-    sys.exit(code)
 
 
 def _load(path: Path) -> LabSpec:
     try:
         return load_lab(path)
     except ConfigError as exc:
-        _fail(str(exc), EXIT_USAGE)
-
-
-def _table(header: Sequence[str], rows: list[list[str]]) -> list[str]:
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
-    return [
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-        for r in [list(header), *rows]
-    ]
-
-
-def _duration(s: float | None) -> str:
-    if s is None:
-        return "-"
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+        fail(str(exc), EXIT_USAGE)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -135,7 +112,7 @@ def up(file: Path, timeout: float, foreground: bool, switch_log_level: str | Non
         sys.exit(130)
     if ready is None:
         proc.wait()
-        _fail("\n".join(errors) or f"the lab owner exited with status {proc.returncode}")
+        fail("\n".join(errors) or f"the lab owner exited with status {proc.returncode}")
     proc.stdout.close()
     click.echo(
         f"\nlab {spec.name} is up: vswitch lab status {spec.name} | "
@@ -144,7 +121,7 @@ def up(file: Path, timeout: float, foreground: bool, switch_log_level: str | Non
 
 
 def _up_foreground(spec: LabSpec, timeout: float, level: str | None) -> None:
-    from vswitch.lab.runner import Lab
+    from vswitch.lab.lifecycle import Lab
 
     async def main() -> None:
         lab_ = Lab(spec, boot_timeout=timeout, progress=click.echo, switch_log_level=level)
@@ -165,7 +142,7 @@ def _up_foreground(spec: LabSpec, timeout: float, level: str | None) -> None:
     try:
         asyncio.run(main())
     except VswitchError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @lab.command(hidden=True)
@@ -176,7 +153,7 @@ def supervise(file: Path, timeout: float, switch_log_level: str | None) -> None:
     """The lab's owner (started by `lab up`): JSON events on stdout until the lab is up."""
     import logging
 
-    from vswitch.lab.runner import Lab
+    from vswitch.lab.lifecycle import Lab
 
     out = sys.stdout
     quiet = False
@@ -256,12 +233,14 @@ def supervise(file: Path, timeout: float, switch_log_level: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
 def status(name: str | None, as_json: bool) -> None:
     """Show the nodes, switches and links of a lab (NAME or FILE), or of every lab up."""
-    from vswitch.lab.runner import LabError, find_lab, lab_call, list_labs
+    from vswitch.lab.errors import LabError
+    from vswitch.lab.server import lab_call
+    from vswitch.lab.state import find_lab, list_labs
 
     try:
         names = [find_lab(name)] if name else list_labs()
     except (LabError, ConfigError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if not names:
         click.echo("no lab is up")
         return
@@ -284,7 +263,7 @@ def format_status(st: dict[str, Any]) -> str:
     if st.get("error"):
         return f"lab {st['name']}: {st['state']}: {st['error']}"
     lines = [
-        f"lab {st['name']}: {st['state']}, up {_duration(st.get('uptime'))}, owner pid "
+        f"lab {st['name']}: {st['state']}, up {short_duration(st.get('uptime'))}, owner pid "
         f"{st.get('owner')}, run directory {st.get('run_dir')}"
     ]
     rows = []
@@ -304,20 +283,20 @@ def format_status(st: dict[str, Any]) -> str:
                     where if k == 0 else "",
                 ]
             )
-    lines += ["", *_table(["NODE", "TYPE", "STATE", "IFACE", "ADDRESSES", "LINK", "WHERE"], rows)]
+    lines += ["", *table(["NODE", "TYPE", "STATE", "IFACE", "ADDRESSES", "LINK", "WHERE"], rows)]
     rows = []
     for s in st["switches"]:
         up_ = sum(1 for p in s["ports"] if p["state"] == "up")
         rows.append(
             [s["name"], s["state"], f"{up_}/{len(s['ports'])}", str(s["pid"]), s["control"]]
         )
-    lines += ["", *_table(["SWITCH", "STATE", "PORTS UP", "PID", "CONTROL"], rows)]
+    lines += ["", *table(["SWITCH", "STATE", "PORTS UP", "PID", "CONTROL"], rows)]
     if st.get("trunks"):
         rows = [
             [f"{t['a']} - {t['b']}", t["state"], f"{t['bridge']} in {t['netns']}"]
             for t in st["trunks"]
         ]
-        lines += ["", *_table(["TRUNK", "STATE", "BRIDGE"], rows)]
+        lines += ["", *table(["TRUNK", "STATE", "BRIDGE"], rows)]
     return "\n".join(lines)
 
 
@@ -341,34 +320,29 @@ def exec_(lab_ref: str | None, timeout: float, node: str, cmd: tuple[str, ...]) 
     `vswitch lab exec vm1 -- ping -c1 10.0.0.2`.  Prints the command's stdout and stderr
     and exits with its status.  On a host the command runs here, attached to this terminal;
     one argument is run by sh -c, several are run as they are."""
-    from vswitch.lab.runner import (
-        CONTROL,
-        LabError,
-        _read_state,
-        find_lab,
-        host_argv,
-        lab_call,
-        labs_root,
-        netns_preexec,
-    )
+    from vswitch.lab.errors import LabError
+    from vswitch.lab.procs import host_argv
+    from vswitch.lab.server import lab_call
+    from vswitch.lab.state import CONTROL, find_lab, labs_root, read_state
+    from vswitch.netsys.netns import netns_preexec
 
     try:
         name = find_lab(lab_ref)
     except (LabError, ConfigError) as exc:
-        _fail(str(exc))
-    state = _read_state(labs_root() / name) or {}
+        fail(str(exc))
+    state = read_state(labs_root() / name) or {}
     nodes = state.get("nodes", {})
     if node not in nodes:
-        _fail(f"lab {name} has no node {node!r} (nodes: {', '.join(nodes) or 'none'})")
+        fail(f"lab {name} has no node {node!r} (nodes: {', '.join(nodes) or 'none'})")
     info = nodes[node]
     command: str | list[str] = cmd[0] if len(cmd) == 1 else list(cmd)
     if info["type"] == "host":
         if not (labs_root() / name / CONTROL).exists():
-            _fail(f"lab {name} is not up")
+            fail(f"lab {name} is not up")
         try:
             rc = subprocess.call(host_argv(command), preexec_fn=netns_preexec(info["netns"]))
         except (OSError, subprocess.SubprocessError) as exc:
-            _fail(f"host {node}: cannot run {cmd[0]}: {exc}")
+            fail(f"host {node}: cannot run {cmd[0]}: {exc}")
         except KeyboardInterrupt:
             rc = 130
         sys.exit(rc if rc >= 0 else 128 - rc)
@@ -380,7 +354,7 @@ def exec_(lab_ref: str | None, timeout: float, node: str, cmd: tuple[str, ...]) 
             lab_call(name, "exec", wait=timeout + 15, node=node, command=text, timeout=timeout)
         )
     except LabError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     sys.stdout.write(r["stdout"])
     sys.stdout.flush()
     sys.stderr.write(r["stderr"])
@@ -398,15 +372,9 @@ def down(name: str | None, all_: bool) -> None:
 
     Works also when the lab's owner died: whatever is left (processes, namespaces, the run
     directory) is removed."""
-    from vswitch.lab.runner import (
-        LabError,
-        _owner_alive,
-        find_lab,
-        lab_call,
-        labs_root,
-        list_labs,
-        sweep,
-    )
+    from vswitch.lab.errors import LabError
+    from vswitch.lab.server import lab_call
+    from vswitch.lab.state import find_lab, labs_root, list_labs, owner_alive, sweep
 
     try:
         if all_:
@@ -416,17 +384,17 @@ def down(name: str | None, all_: bool) -> None:
         else:
             names = [name] if name is not None else [find_lab(None)]
     except (LabError, ConfigError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     for n in names:
         if not (labs_root() / n).exists():
             click.echo(f"lab {n} is not up (nothing to remove)")
             continue
         run_dir = labs_root() / n
         t0 = time.monotonic()
-        if _owner_alive(run_dir):
+        if owner_alive(run_dir):
             with contextlib.suppress(LabError):
                 asyncio.run(lab_call(n, "down", wait=10))
-            while _owner_alive(run_dir) and time.monotonic() - t0 < 90:
+            while owner_alive(run_dir) and time.monotonic() - t0 < 90:
                 time.sleep(0.2)
         left = sweep(n, say=lambda line: click.echo(f"  {line}"))
         extra = f" (removed {len(left)} leftover(s))" if left else ""
@@ -464,12 +432,12 @@ def graph(file: Path, output: str | None, fmt: str | None) -> None:
     try:
         data = render(spec, fmt)
     except GraphError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if out == "-":
         sys.stdout.buffer.write(data)
         return
     try:
         Path(out).write_bytes(data)
     except OSError as exc:
-        _fail(f"{out}: {exc.strerror}")
+        fail(f"{out}: {exc.strerror}")
     click.echo(f"wrote {out}")
