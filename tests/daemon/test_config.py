@@ -299,3 +299,34 @@ def test_config_objects_are_frozen(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         cfg.ports[0].mtu = 9000  # type: ignore[misc]
     assert isinstance(cfg, Config)
+
+
+def test_yaml_too_large_to_be_a_configuration_is_refused(tmp_path: Path) -> None:
+    # Issue 12: a document of more values than any configuration has (here 150,000, in
+    # 300 KB; aliases and `<<` merges count what they expand to) is refused while it is
+    # read, before validation renders an error per value on the daemon's reload.
+    path = write(tmp_path, "ports: [" + "1, " * 150_000 + "1]\n")
+    with pytest.raises(ConfigError, match=r"expands to more than 100000 values") as e:
+        load_config(path)
+    assert str(e.value).startswith(f"{path}: line 1, column ")
+    assert len(str(e.value).splitlines()) == 1
+
+
+def test_yaml_merges_count_what_they_expand_to(tmp_path: Path) -> None:
+    # 18 levels, each merging the one before twice: PyYAML >= 6.0.4 merges each key once,
+    # so this stays small; what it expands to is counted all the same.
+    lines = ["a0: &a0 {k: v}"]
+    lines += [f"a{i}: &a{i} {{<<: [*a{i - 1}, *a{i - 1}], k{i}: v}}" for i in range(1, 19)]
+    path = write(tmp_path, "\n".join(lines) + "\nports: []\n")
+    with pytest.raises(ConfigError, match="a0: unknown key"):
+        load_config(path)
+
+
+def test_yaml_nested_too_deep_or_too_big_is_refused(tmp_path: Path) -> None:
+    # 5000 levels made PyYAML's composer raise RecursionError, which is no ConfigError.
+    path = write(tmp_path, "ports: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="nested more than 64 levels deep"):
+        load_config(path)
+    path = write(tmp_path, "# " + "x" * (5 << 20) + "\nports: []\n")
+    with pytest.raises(ConfigError, match="more than the 4194304 a configuration may have"):
+        load_config(path)

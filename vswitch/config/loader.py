@@ -20,13 +20,63 @@ from vswitch.config.model import Config, Loc, MetricsConfig, Problems, SwitchCon
 from vswitch.config.ports import PORT_TYPES
 from vswitch.errors import ConfigError
 
+# Bounds on what one file may cost to read.  A real configuration (256 ports, a lab of
+# 64 VMs) is a few thousand nodes; YAML aliases and merge keys can make a file of a few
+# hundred bytes expand exponentially (each level merging the one before twice), so the
+# loader counts nodes as it builds them, merged pairs included, and stops early.
+MAX_FILE_BYTES = 4 << 20
+MAX_NODES = 100_000
+MAX_DEPTH = 64
 
-class DuplicateKey(yaml.constructor.ConstructorError):
+
+class Refused(yaml.constructor.ConstructorError):
+    """A document the loader will not build; its `problem` says why and what to do."""
+
+
+class DuplicateKey(Refused):
+    pass
+
+
+class TooLarge(Refused):
     pass
 
 
 class StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys and reads 52:54:00:00:00:01 as a string."""
+    """SafeLoader that refuses duplicate keys and documents too large or too deep to be a
+    configuration, and reads 52:54:00:00:00:01 as a string."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._nodes = 0
+        self._depth = 0
+
+    def _count(self, n: int, mark: Any) -> None:
+        self._nodes += n
+        if self._nodes > MAX_NODES:
+            raise TooLarge(
+                None,
+                None,
+                f"the document expands to more than {MAX_NODES} values (through aliases or "
+                "`<<` merges?): a configuration needs far fewer (write it out plainly)",
+                mark,
+            )
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        mark = self.peek_event().start_mark
+        self._count(1, mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise TooLarge(
+                    None, None, f"nested more than {MAX_DEPTH} levels deep (flatten it)", mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        super().flatten_mapping(node)
+        self._count(len(node.value), node.start_mark)  # the pairs `<<` merged in
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, yaml.Node] = {}
@@ -231,6 +281,11 @@ def read_yaml(path: str | Path, *, syntax: str = "YAML syntax error: ") -> Any:
         raise ConfigError(
             f"{name}: cannot read the file: {exc.strerror} (check the path)"
         ) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(
+            f"{name}: {len(raw)} bytes, more than the {MAX_FILE_BYTES} a configuration may "
+            "have (is it the right file?)"
+        )
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -240,8 +295,8 @@ def read_yaml(path: str | Path, *, syntax: str = "YAML syntax error: ") -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        what = exc.problem if isinstance(exc, DuplicateKey) else f"{syntax}{exc.problem}"
-        fix = "" if isinstance(exc, DuplicateKey) else " (fix the YAML there)"
+        what = exc.problem if isinstance(exc, Refused) else f"{syntax}{exc.problem}"
+        fix = "" if isinstance(exc, Refused) else " (fix the YAML there)"
         raise ConfigError(f"{name}: {where}{what}{fix}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{name}: YAML error: {exc} (fix the YAML)") from None
