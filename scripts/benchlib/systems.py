@@ -14,7 +14,8 @@ import shutil
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING, Any, ClassVar
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
 
 from vswitch.testkit.testpmd import PROMPT, TestpmdConsole
 
@@ -32,8 +33,14 @@ from .config import (
 )
 from .procs import BenchError, Children, log, run, wait_until
 
-if TYPE_CHECKING:
-    from .runner import Bench
+
+class Bench(Protocol):
+    """What a system needs of the run it belongs to (runner.Bench)."""
+
+    kids: Children
+    work: Path
+
+    def prefix(self, what: str) -> str: ...
 
 # --------------------------------------------------------------------------- testpmd
 

@@ -58,4 +58,3 @@ def show(result: Any, as_json: bool, fmt: Callable[[Any], str]) -> None:
         click.echo(json.dumps(result, indent=2))
     else:
         click.echo(fmt(result))
-

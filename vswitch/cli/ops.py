@@ -112,4 +112,3 @@ def reload(control: Path | None, config: Path | None, as_json: bool) -> None:
 
     An invalid file is refused and the running configuration stays (exit status 1)."""
     _show(_ask("reload", control, config), as_json, format_reload)
-

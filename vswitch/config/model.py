@@ -58,7 +58,6 @@ class MetricsConfig(Model):
         return int(self.listen.rsplit(":", 1)[1])
 
 
-
 class Problems(ValueError):
     """Several cross-field problems, each with its own location (the loader renders them)."""
 

@@ -212,6 +212,3 @@ class ControlServer:
             if stream is not None:
                 await stream.close()
             return _reply(rid, error=f"internal error: cannot encode the result of {cmd!r}"), None
-
-
-# --------------------------------------------------------------------------- client

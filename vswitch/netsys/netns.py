@@ -154,9 +154,6 @@ def delete_netns(name: str) -> bool:
     return True
 
 
-# --------------------------------------------------------------------------- interfaces
-
-
 def netns_pids(name: str) -> list[int]:
     """Processes whose network namespace is the named one."""
     try:

@@ -132,6 +132,3 @@ def delete_link(index: int, ifname: str) -> bool:
                 return False
             raise
     return True
-
-
-# --------------------------------------------------------------------------- the port

@@ -103,6 +103,3 @@ def ensure_socket_dir(path: str | Path) -> None:
         raise StartupError(
             f"{d} is not a directory owned by you (remove it, or set `control:` in the config)"
         )
-
-
-# --------------------------------------------------------------------------- server
