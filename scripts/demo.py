@@ -20,7 +20,7 @@ from vswitch.lab.guest import Guest, Nic
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs/minimal.yaml"
-SOCKDIR = Path("/tmp/vswitch")
+SOCKDIR = Path("/run/vswitch")
 
 
 def say(text: str) -> None:

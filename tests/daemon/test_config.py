@@ -36,18 +36,18 @@ ports:
 
 
 def test_minimal_config_loads() -> None:
-    os.makedirs("/tmp/vswitch", exist_ok=True)
+    os.makedirs("/run/vswitch", exist_ok=True)
     cfg = load_config(REPO / "configs" / "minimal.yaml")
-    assert cfg.control == Path("/tmp/vswitch/ctl.sock")
+    assert cfg.control == Path("/run/vswitch/ctl.sock")
     assert not cfg.control_is_default
     assert [p.name for p in cfg.ports] == ["vm1", "vm2"]
-    assert cfg.ports[1].path == Path("/tmp/vswitch/vm2.sock")
+    assert cfg.ports[1].path == Path("/run/vswitch/vm2.sock")
     assert cfg.ports[0].type == "vhost-user"
     hash(cfg)  # frozen and hashable, for reload diffing
 
 
 def test_example_config_loads(tmp_path: Path) -> None:
-    text = (REPO / "configs" / "example.yaml").read_text().replace("/tmp/vswitch", str(tmp_path))
+    text = (REPO / "configs" / "example.yaml").read_text().replace("/run/vswitch", str(tmp_path))
     cfg = load_config(write(tmp_path, text))
     assert cfg.control_mode == 0o600
     vm1 = next(p for p in cfg.ports if p.name == "vm1")
@@ -151,7 +151,7 @@ BAD = {
     ),
     "missing key": (
         "ports:\n  - {name: vm1, type: vhost-user}\n",
-        "ports[0] (vm1).path: required key is missing (add `path: /tmp/vswitch/vm1.sock`)",
+        "ports[0] (vm1).path: required key is missing (add `path: /run/vswitch/vm1.sock`)",
     ),
     "no ports": ("ports: []\n", "ports: no ports (add at least one; see configs/minimal.yaml)"),
     "duplicate name": (

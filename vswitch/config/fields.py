@@ -74,7 +74,7 @@ def file_mode(v: Any) -> int:
 
 def socket_path(v: Any, info: ValidationInfo) -> Path:
     if not isinstance(v, str) or not v.strip():
-        raise ValueError(f"expected a path, got {describe(v)} (write e.g. /tmp/vswitch/vm1.sock)")
+        raise ValueError(f"expected a path, got {describe(v)} (write e.g. /run/vswitch/vm1.sock)")
     if "\0" in v:
         raise ValueError("path contains a NUL byte (remove it)")
     base = (info.context or {}).get("base_dir") or Path.cwd()

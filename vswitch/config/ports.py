@@ -44,7 +44,7 @@ class VhostUserPort(Model):
 
     name: PortName = Field(examples=["vm1"])
     type: Literal["vhost-user"] = Field(examples=["vhost-user"])
-    path: SocketPath = Field(examples=["/tmp/vswitch/vm1.sock"])
+    path: SocketPath = Field(examples=["/run/vswitch/vm1.sock"])
     mode: Literal["server", "client"] = "server"
     socket_mode: FileMode = 0o600
     owner: Annotated[int | None, BeforeValidator(id_lookup("user"))] = None  # uid

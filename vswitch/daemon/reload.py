@@ -24,7 +24,6 @@ running switch through the Port interface; it knows no port kind's details.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -33,7 +32,7 @@ from vswitch.errors import StartupError
 from vswitch.fastpath import Fastpath
 from vswitch.logs import set_config_level
 from vswitch.mac import format_mac
-from vswitch.netsys.unix import prepare_socket_path
+from vswitch.netsys.unix import prepare_socket_path, set_socket_mode
 from vswitch.ports import KINDS, Port
 
 log = logging.getLogger("vswitch.reload")
@@ -191,7 +190,7 @@ async def apply(sw: Target, plan: Plan) -> Config:
     control_mode = plan.old.control_mode
     if plan.new.control_mode != control_mode:
         try:
-            os.chmod(plan.old.control, plan.new.control_mode)
+            set_socket_mode(plan.old.control, plan.new.control_mode)
             control_mode = plan.new.control_mode
             _note(plan, f"control_mode {control_mode:04o}")
         except OSError as exc:

@@ -15,7 +15,7 @@ from vswitch.config import PortConfig, VhostUserPort
 from vswitch.errors import StartupError
 from vswitch.fastpath import PORT_VHOST, Fastpath
 from vswitch.mac import format_mac
-from vswitch.netsys.unix import listen_unix
+from vswitch.netsys.unix import listen_unix, set_socket_mode
 from vswitch.ports.base import Port
 from vswitch.vhost import protocol as P
 from vswitch.vhost.session import VhostSession
@@ -183,13 +183,7 @@ class VhostPort(Port):
                 s.max_mtu, s.mtu = new.mtu, mtu
             self.dp.set_mtu(self.port, mtu)
         if self.SOCKET_FILE & set(fields):
-            os.chmod(new.path, new.socket_mode)
-            if new.owner is not None or new.group is not None:
-                os.chown(
-                    new.path,
-                    -1 if new.owner is None else new.owner,
-                    -1 if new.group is None else new.group,
-                )
+            set_socket_mode(new.path, new.socket_mode, new.owner, new.group)
 
     def info(self) -> dict[str, Any]:
         s = self.session
