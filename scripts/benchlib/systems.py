@@ -84,8 +84,8 @@ class TestPmd(TestpmdConsole):
 
 
 def eal_common(prefix: str, mem_mb: int = 512) -> list[str]:
-    # design.md: virtio-user needs --in-memory --single-file-segments here, or
-    # it fails with "Too many memory regions".
+    # virtio-user needs --in-memory --single-file-segments here, or it fails with
+    # "Too many memory regions" (its hugepages would be one file each).
     return ["--in-memory", "--single-file-segments", "-m", str(mem_mb), "--no-pci",
             f"--file-prefix={prefix}"]  # fmt: skip
 
@@ -388,8 +388,8 @@ class TestpmdSwitch(System):
 
 
 class Ovs(System):
-    """OVS-DPDK as design.md describes it: the DPDK build of ovs-vswitchd run
-    directly, with a private run dir and database and its own ovsdb-server."""
+    """OVS-DPDK: the DPDK build of ovs-vswitchd run directly, with a private run dir
+    and database and its own ovsdb-server (the system's OVS service is never started)."""
 
     name = "ovs"
 

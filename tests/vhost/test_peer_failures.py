@@ -210,7 +210,7 @@ async def test_silent_and_stalled_front_ends_hold_only_their_own_port(tmp_path: 
 async def test_stalled_front_ends_cost_nothing_while_they_wait(
     tmp_path: Path, datapath: str
 ) -> None:
-    """Idle is free (design.md) even with three connections stuck mid-message:
+    """Idle is free (README, "How it works") even with three connections stuck mid-message:
     the switch sleeps; the poll thread, if any, sleeps in epoll."""
     # No MAC aging: nothing parks the poll thread on a timer while we watch.
     switch = {"datapath": datapath, "mac_age": 0}
