@@ -56,7 +56,8 @@ async def test_testpmd_frames_flow_both_ways_and_counters_agree(
             fdb = {e["mac"]: e["port"] for e in await sw.fdb()}
 
             if nic[0]["tx_packets"] < 1000 or nic[1]["tx_packets"] < 1000:
-                # testpmd's first tx_first now and then moves nothing: a real failure here
+                # testpmd's first tx_first is known to move nothing now and then: fail
+                # loudly with its log rather than blame the switch's counters below
                 pytest.fail(f"testpmd moved too little: {nic}\n{tp.tail()}")
 
         for i, name in enumerate("ab"):
