@@ -13,8 +13,9 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import os
 import sys
-from typing import Any, TextIO
+from typing import Any, ClassVar, TextIO
 
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("text", "json")
@@ -61,11 +62,36 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
+class JournalFormatter(logging.Formatter):
+    """For stderr that is the systemd journal: no timestamp (the journal keeps its own) and
+    the sd-daemon(3) priority prefix, so `journalctl -p warning` finds the warnings."""
+
+    PRIORITY: ClassVar[dict[int, int]] = {
+        logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3
+    }
+
+    def format(self, record: logging.LogRecord) -> str:
+        prio = self.PRIORITY.get(record.levelno, 2 if record.levelno > logging.ERROR else 6)
+        return f"<{prio}>{super().format(record)}"
+
+
+def stderr_is_journal() -> bool:
+    """True when stderr is the journal's stream: $JOURNAL_STREAM names its device:inode."""
+    want = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return bool(want) and want == f"{st.st_dev}:{st.st_ino}"
+
+
 def setup_logging(level: str = "info", fmt: str = "text", *, pinned: bool = False) -> None:
     """Send vswitch's log records (and everyone else's) to stderr at `level`.
 
-    fmt is "text" or "json".  pinned=True means the level came from the command line:
-    set_config_level() (a reloaded config's switch.log_level) then leaves it alone.
+    fmt is "text" or "json"; text to the systemd journal drops the timestamp and marks each
+    line with its priority (JournalFormatter).  pinned=True means the level came from the
+    command line: set_config_level() (a reloaded config's switch.log_level) then leaves it
+    alone.
     Calling it again replaces the handler it installed before.
     """
     global _pinned
@@ -79,6 +105,8 @@ def setup_logging(level: str = "info", fmt: str = "text", *, pinned: bool = Fals
     handler = _StderrHandler()
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
+    elif stderr_is_journal():
+        handler.setFormatter(JournalFormatter("%(message)s"))
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT, DATE_FORMAT))
     root.addHandler(handler)

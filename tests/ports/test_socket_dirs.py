@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from conftest import need_root
 from support.ops import config
 
 from vswitch.config import parse_config
@@ -38,8 +39,8 @@ async def test_world_writable_socket_dir_is_refused(tmp_path: Path) -> None:
         assert sw.ports["a"].state == "listening"
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a directory away")
 async def test_socket_dir_of_another_user_is_refused(tmp_path: Path) -> None:
+    need_root()  # to give a directory away
     d = tmp_path / "theirs"
     d.mkdir()
     os.chown(d, NOBODY, NOBODY)

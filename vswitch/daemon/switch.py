@@ -15,11 +15,13 @@ from vswitch.control import ControlServer, make_handler
 from vswitch.daemon.capture import Capture
 from vswitch.daemon.commands import commands
 from vswitch.daemon.metrics import MetricsServer, Snapshot
+from vswitch.daemon.notify import Notifier
 from vswitch.daemon.reload import apply, diff
 from vswitch.errors import ConfigError, ControlError, StartupError
 from vswitch.fastpath import Fastpath
 from vswitch.netsys.fds import raise_fd_limit
 from vswitch.ports import Port, new_port
+from vswitch.text import plural
 
 log = logging.getLogger("vswitch")
 
@@ -30,8 +32,9 @@ CHECK_INTERVAL = 1.0
 class Switch:
     """`async with Switch(config) as sw: await sw.serve_forever()`."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, notify: Notifier | None = None) -> None:
         self.config = config
+        self.notify = notify or Notifier(None)  # the service manager (systemd), if any
         self.dp: Fastpath | None = None
         self.ports: dict[str, Port] = {}
         self.captures: dict[str, Capture] = {}
@@ -78,6 +81,7 @@ class Switch:
             len(self.ports),
             cfg.control,
         )
+        self.notify.ready(self.status_line())
 
     async def _shutdown(self) -> None:
         for cap in list(self.captures.values()):
@@ -106,7 +110,16 @@ class Switch:
 
     async def serve_forever(self) -> None:
         await self._stopped.wait()
+        self.notify.stopping()
         log.info("vswitch stopping")
+
+    def status_line(self) -> str:
+        """'3 ports: 2 up, 1 listening', for the service manager's STATUS=."""
+        states: dict[str, int] = {}
+        for p in self.ports.values():
+            states[p.state] = states.get(p.state, 0) + 1
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+        return f"{plural(len(self.ports), 'port', 'ports')}" + (f": {counts}" if counts else "")
 
     # Ports
 
@@ -186,49 +199,56 @@ class Switch:
         An invalid file is refused with ControlError and the running configuration stays.
         Returns {"file", "changes", "warnings"}: one line per change applied or not."""
         async with self._reload_lock:
-            source = self.config.source
-            if new is None:
-                if source is None:
-                    raise ControlError("reload: the running configuration was not read from a file")
-                try:
-                    new = await asyncio.to_thread(load_config, source)
-                except ConfigError as exc:
-                    self.reloads["failed"] += 1
-                    for line in str(exc).splitlines():
-                        log.error("reload refused: %s", line, extra={"event": "reload"})
-                    raise ControlError(
-                        f"reload refused, the running configuration stays:\n{exc}"
-                    ) from None
-            plan = diff(self.config, new)
+            self.notify.reloading()
             try:
-                self.config = await apply(self, plan)
-            except (StartupError, ControlError) as exc:
+                return await self._reload(new)
+            finally:
+                self.notify.ready(self.status_line())
+
+    async def _reload(self, new: Config | None) -> dict[str, Any]:
+        source = self.config.source
+        if new is None:
+            if source is None:
+                raise ControlError("reload: the running configuration was not read from a file")
+            try:
+                new = await asyncio.to_thread(load_config, source)
+            except ConfigError as exc:
                 self.reloads["failed"] += 1
-                log.error("reload refused: %s", exc, extra={"event": "reload"})
+                for line in str(exc).splitlines():
+                    log.error("reload refused: %s", line, extra={"event": "reload"})
                 raise ControlError(
-                    f"reload refused, the running configuration stays: {exc}"
+                    f"reload refused, the running configuration stays:\n{exc}"
                 ) from None
-            if plan.errors:
-                self.reloads["failed"] += 1
-                raise ControlError(
-                    "reload partly applied; failed:\n"
-                    + "\n".join(plan.errors)
-                    + ("\napplied:\n" + "\n".join(plan.lines) if plan.lines else "")
-                )
-            self.reloads["ok"] += 1
-            self.reloads["last_ok"] = time.time()
-            log.info(
-                "reload of %s done: %d change(s), %d not applied",
-                source or "the given configuration",
-                len(plan.lines),
-                len(plan.warnings),
-                extra={"event": "reload"},
+        plan = diff(self.config, new)
+        try:
+            self.config = await apply(self, plan)
+        except (StartupError, ControlError) as exc:
+            self.reloads["failed"] += 1
+            log.error("reload refused: %s", exc, extra={"event": "reload"})
+            raise ControlError(
+                f"reload refused, the running configuration stays: {exc}"
+            ) from None
+        if plan.errors:
+            self.reloads["failed"] += 1
+            raise ControlError(
+                "reload partly applied; failed:\n"
+                + "\n".join(plan.errors)
+                + ("\napplied:\n" + "\n".join(plan.lines) if plan.lines else "")
             )
-            return {
-                "file": str(source) if source else None,
-                "changes": plan.lines,
-                "warnings": plan.warnings,
-            }
+        self.reloads["ok"] += 1
+        self.reloads["last_ok"] = time.time()
+        log.info(
+            "reload of %s done: %d change(s), %d not applied",
+            source or "the given configuration",
+            len(plan.lines),
+            len(plan.warnings),
+            extra={"event": "reload"},
+        )
+        return {
+            "file": str(source) if source else None,
+            "changes": plan.lines,
+            "warnings": plan.warnings,
+        }
 
     # Timers
 
@@ -239,6 +259,7 @@ class Switch:
             await asyncio.sleep(CHECK_INTERVAL)
             for port in list(self.ports.values()):
                 port.check()
+            self.notify.status(self.status_line())
 
     async def _age(self) -> None:
         """Ages the MAC table each second.  A poll thread does it itself, a slice at a
