@@ -15,6 +15,9 @@ nothing:
 - H's TX ring: the same chain, readable, in every avail slot, and the ring
   kept full (refilled after every call, outside the timings).
 
+A and B are measured alone first, then H is attached to the same switch
+(same memory, already faulted in) and the same measurements run again.
+
 Reported: the time per broadcast frame delivered to H (A sends one frame,
 flooded to B and H, through vs_port_kick); per 32-frame burst; per kick of
 H's TX ring; and the honest pair's forwarding rate with H attached, as a
@@ -93,24 +96,27 @@ def _timed(fn: Any, reps: int, max_seconds: float) -> tuple[list[float], int]:
 
 
 class Bench:
-    def __init__(self, hostile: bool) -> None:
+    """A and B alone first; attach() adds H to the same switch, so both
+    halves of a comparison use the same memory, already faulted in."""
+
+    def __init__(self) -> None:
         self.sw = Switch()
         self.mems = [GuestMemory.single(size=32 << 20) for _ in range(2)]
         self.a = self.sw.port(mem=self.mems[0], num=HONEST_NUM)
         self.b = self.sw.port(mem=self.mems[1], num=HONEST_NUM)
         self.h: Port | None = None
-        if hostile:
-            self.hmem = GuestMemory.single(size=16 << 20)
-            self.h = self.sw.port(mem=self.hmem, num=NUM, features=MODERN)
-            _hostile_chain(self.h.rx, DESC_F_WRITE)
-            _hostile_chain(self.h.tx, 0)
+        self.hmem = GuestMemory.single(size=16 << 20)
+
+    def attach(self) -> None:
+        self.h = self.sw.port(mem=self.hmem, num=NUM, features=MODERN)
+        _hostile_chain(self.h.rx, DESC_F_WRITE)
+        _hostile_chain(self.h.tx, 0)
 
     def close(self) -> None:
         self.sw.close()
         for m in self.mems:
             m.close()
-        if self.h is not None:
-            self.hmem.close()
+        self.hmem.close()
 
     def _reset_honest(self) -> None:
         """Reclaim what the switch used, so the next round starts empty."""
@@ -138,8 +144,11 @@ class Bench:
 
     def honest_rate(self, frames: int, max_seconds: float) -> tuple[float, int]:
         """Broadcast frames A -> B through vs_poll (which serves every port,
-        H's TX ring included): frames per second delivered to B."""
+        H's TX ring included): frames per second delivered to B.  A round
+        cut short by max_seconds leaves frames behind: the next one sends
+        only as many as there are free descriptors for."""
         self._reset_honest()
+        frames = min(frames, len(self.a.tx.free_ids), len(self.b.rx.free_ids))
         self.b.post_rx(frames, 2048)
         f = eth(BCAST, MA, 60)
         hdr = net_hdr(12)
@@ -173,20 +182,19 @@ def main() -> int:
     args = ap.parse_args()
 
     res: dict[str, Any] = {}
-    alone = Bench(hostile=False)
+    hb = Bench()
     try:
-        alone.kick_a(32)  # warm-up: faults the mappings in
-        res["alone_frame_s"] = _stat(_timed(lambda: alone.kick_a(1), args.rounds,
+        # Warm-up: faults in the mappings of what the rounds below use.
+        hb.kick_a(32)
+        hb.honest_rate(HONEST_NUM - 64, args.max_seconds)
+        res["alone_frame_s"] = _stat(_timed(lambda: hb.kick_a(1), args.rounds,
                                             args.max_seconds)[0])
-        res["alone_burst_s"] = _stat(_timed(lambda: alone.kick_a(32), args.rounds,
+        res["alone_burst_s"] = _stat(_timed(lambda: hb.kick_a(32), args.rounds,
                                             args.max_seconds)[0])
-        rates = [alone.honest_rate(HONEST_NUM - 64, args.max_seconds)[0] for _ in range(3)]
+        rates = [hb.honest_rate(HONEST_NUM - 64, args.max_seconds)[0] for _ in range(3)]
         res["alone_rate_fps"] = statistics.median(rates)
-    finally:
-        alone.close()
 
-    hb = Bench(hostile=True)
-    try:
+        hb.attach()
         assert hb.h is not None
         hb.kick_a(1)
         xs, n = _timed(lambda: hb.kick_a(1), args.rounds, args.max_seconds)
@@ -195,7 +203,10 @@ def main() -> int:
         res["hostile_burst_s"] = {**_stat(xs), "reps": n}
         xs, n = _timed(hb.kick_h, args.rounds, args.max_seconds)
         res["hostile_tx_kick_s"] = {**_stat(xs), "reps": n}
-        rate, got = hb.honest_rate(HONEST_NUM - 64, args.max_seconds)
+        runs = [hb.honest_rate(HONEST_NUM - 64, args.max_seconds)]
+        if runs[0][1] == HONEST_NUM - 64:   # not cut short: two more, and the median
+            runs += [hb.honest_rate(HONEST_NUM - 64, args.max_seconds) for _ in range(2)]
+        rate, got = sorted(runs)[len(runs) // 2]
         res["hostile_rate_fps"] = rate
         res["hostile_rate_frames"] = got
         res["share_of_alone"] = rate / res["alone_rate_fps"]
