@@ -106,6 +106,7 @@ struct vs_port_stats {
     uint64_t tx_drop_port_down;     /* destination known but not up */
     uint64_t tx_drop_too_long;      /* frame longer than the destination's MTU allows */
     uint64_t rx_drop_desc_limit;    /* TX chain of more than VS_FRAME_MAX_DESCS descriptors */
+    uint64_t rx_drop_disabled;      /* taken from a TX ring the front end disabled, discarded */
     uint64_t tx_drop_desc_limit;    /* RX buffers gave no room within VS_FRAME_MAX_DESCS/HEADS */
     uint64_t tx_flood;              /* copies sent to this port by flooding */
     uint64_t ring_errors;           /* times a ring of this port was stopped as broken */

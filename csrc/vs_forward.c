@@ -164,7 +164,7 @@ int vs_serve(struct vs_switch *sw, uint32_t port, uint32_t budget, bool arm)
         return serve_tap(sw, port, budget);
     struct vs_vring *vq = &p->vq[VS_QUEUE_TX];
     uint32_t total = 0, spent = 0;
-    if (!vq->ready)
+    if (!vq->ready && !vq->drain)
         return p->broken ? -EIO : 0;
     vs_vring_enable_kicks(p, vq, false);
     /* Every chain consumed, dropped or not, and every pass spends budget,

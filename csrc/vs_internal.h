@@ -121,6 +121,10 @@ struct vs_vring {
     bool started;
     bool enabled;
     bool ready;
+    /* A TX ring started but disabled (SET_VRING_ENABLE 0): vhost-user.rst
+     * has the back end process and discard its packets, so it is served
+     * and every frame dropped (rx_drop_disabled).  Never set with ready. */
+    bool drain;
     bool kicks_off;         /* we set NO_NOTIFY and nobody cleared it since */
     bool signal_due;        /* listed in sw->signal: published, interrupt not yet decided */
 };

@@ -173,8 +173,9 @@ int vs_vring_dequeue(struct vs_port *p, struct vs_vring *vq, struct vs_pkt *pkts
     uint8_t what[VS_BURST];
     *consumed = 0;
     *descs = 0;
-    if (!vq->ready || avail_count(p, vq, &avail) < 0)
+    if (!(vq->ready || vq->drain) || avail_count(p, vq, &avail) < 0)
         return p->broken ? -EIO : 0;
+    bool drain = vq->drain;     /* as it was: a ring breaking below clears both */
     uint32_t n = avail < max ? avail : max;
     if (n > VS_BURST)
         n = VS_BURST;
@@ -215,6 +216,10 @@ int vs_vring_dequeue(struct vs_port *p, struct vs_vring *vq, struct vs_pkt *pkts
                                          : classify(p, &pkts[i], what[i] == TX_TOO_LONG);
         switch (c) {
         case TX_OK:
+            if (drain) {
+                p->st.rx_drop_disabled++;
+                break;
+            }
             p->st.rx_packets++;
             p->st.rx_bytes += pkts[i].len;
             /* Swap, not copy: every slot keeps a buffer of its own. */

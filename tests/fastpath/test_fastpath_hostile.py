@@ -13,7 +13,9 @@ read from a port's rings), not through timings.
 
 from __future__ import annotations
 
+import os
 import struct
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -31,6 +33,7 @@ from vswitch.testkit.virtio_driver import (
     eth,
     lib,
     net_hdr,
+    wait_for,
 )
 
 BCAST = "ff:ff:ff:ff:ff:ff"
@@ -370,3 +373,60 @@ def test_indirect_table_at_any_alignment(sw: Switch, offset: int) -> None:
     assert not a.broken and not b.broken
     assert b.rx.used_idx == 1 and b.rx.used_entry(0).len == 12 + 200
     assert b.mem.read(buf + 12, 200) == f
+
+
+# A disabled TX ring is drained, its frames dropped
+
+
+def test_disabled_tx_ring_is_drained_and_its_frames_dropped(sw: Switch) -> None:
+    """vhost-user.rst, ring states: while a ring is disabled the back end
+    "must not supply any new RX packets, but must process and discard any TX
+    packets"."""
+    a = sw.port()
+    b = sw.port()
+    a.post_rx(8)
+    b.post_rx(8)
+    assert lib.vs_vring_enable(sw.sw, a.id, Q_TX, 0) == 0
+    assert not a.up
+    assert a.send(eth(BCAST, MA), eth(BCAST, MA, 70)) == 0
+    st = a.stats()
+    assert st["rx_drop_disabled"] == 2 and st["rx_packets"] == 0
+    assert a.tx.used_idx == 2 and len(a.tx.reclaim()) == 2
+    assert b.frames() == []
+    # Its RX ring is enabled, and still gets frames.
+    assert b.send(eth(BCAST, MB)) == 1
+    assert len(a.frames()) == 1
+    # Enabled again: forwarding as before.
+    assert lib.vs_vring_enable(sw.sw, a.id, Q_TX, 1) == 0
+    assert a.up
+    assert a.send(eth(BCAST, MA, 80)) == 1
+    assert [len(f) for f in b.frames()] == [80]
+
+
+def test_disabled_rx_ring_gets_nothing(sw: Switch) -> None:
+    a = sw.port()
+    b = sw.port()
+    b.post_rx(8)
+    assert lib.vs_vring_enable(sw.sw, b.id, Q_RX, 0) == 0
+    assert a.send(eth(BCAST, MA)) == 1
+    assert b.rx.used_idx == 0 and b.stats()["tx_packets"] == 0
+
+
+def test_poll_thread_drains_a_disabled_tx_ring(sw: Switch) -> None:
+    a = sw.port()
+    b = sw.port()
+    b.post_rx(8)
+    assert lib.vs_vring_enable(sw.sw, a.id, Q_TX, 0) == 0
+    t = threading.Thread(target=lib.vs_run, args=(sw.sw, 100, 0))
+    t.start()
+    try:
+        # Let it go to sleep first: then only a kick can wake it.
+        assert wait_for(lambda: sw.stats()["poll_sleeps"] > 0)
+        a.send(eth(BCAST, MA), kick=False)
+        os.eventfd_write(a.kick_fds[Q_TX], 1)
+        assert wait_for(lambda: a.stats()["rx_drop_disabled"] == 1)
+        assert a.tx.used_idx == 1
+    finally:
+        lib.vs_run_stop(sw.sw)
+        t.join()
+    assert b.rx.used_idx == 0
