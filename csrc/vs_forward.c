@@ -173,8 +173,9 @@ int vs_serve(struct vs_switch *sw, uint32_t port, uint32_t budget, bool arm)
      * never settles; a port whose chains are long gets fewer frames. */
     while (spent < budget) {
         uint32_t consumed, descs;
-        int n = vs_vring_dequeue(p, vq, sw->pkts, VS_BURST, (budget - spent) * VS_BUDGET_DESCS,
-                                 &consumed, &descs);
+        uint64_t left = (uint64_t)(budget - spent) * VS_BUDGET_DESCS;
+        int n = vs_vring_dequeue(p, vq, sw->pkts, VS_BURST,
+                                 left < UINT32_MAX ? (uint32_t)left : UINT32_MAX, &consumed, &descs);
         if (n < 0) {
             if (vs_vring_complete(p, vq, consumed))
                 signal_due(sw, port, VS_QUEUE_TX);
