@@ -39,6 +39,22 @@
 
 #define VS_BURST 32
 
+/* What one frame may cost in a guest's rings (vs_ring.h).  Descriptors
+ * count across every chain and indirect table the frame uses, zero-length
+ * ones included; heads are the RX buffers one frame is merged into
+ * (MRG_RXBUF).  The largest frame, a 12-byte header and 9018 bytes at
+ * VS_MAX_MTU, fits in 64 buffers of 142 bytes: Linux never posts RX
+ * buffers under 1518 bytes (6 heads), DPDK's default mbufs hold 2 KiB (5),
+ * and Linux sends at most MAX_SKB_FRAGS (17, 45 at most) + 2 descriptors
+ * per frame.  A TX chain of more descriptors is dropped (rx_drop_desc_limit);
+ * RX buffers that give a frame no room within these are treated as no room
+ * (tx_drop_desc_limit). */
+#define VS_FRAME_MAX_DESCS 128
+#define VS_FRAME_MAX_HEADS 64
+/* A budget unit (vs_poll, the poll thread) buys one TX chain of up to this
+ * many descriptors; a longer chain costs one unit per this many. */
+#define VS_BUDGET_DESCS 4
+
 /* Virtqueue numbers within a queue pair (see above). */
 #define VS_QUEUE_RX 0
 #define VS_QUEUE_TX 1
@@ -89,10 +105,14 @@ struct vs_port_stats {
     uint64_t tx_drop_no_buffer;     /* the guest had no room in its RX ring */
     uint64_t tx_drop_port_down;     /* destination known but not up */
     uint64_t tx_drop_too_long;      /* frame longer than the destination's MTU allows */
+    uint64_t rx_drop_desc_limit;    /* TX chain of more than VS_FRAME_MAX_DESCS descriptors */
+    uint64_t rx_drop_disabled;      /* taken from a TX ring the front end disabled, discarded */
+    uint64_t tx_drop_desc_limit;    /* RX buffers gave no room within VS_FRAME_MAX_DESCS/HEADS */
     uint64_t tx_flood;              /* copies sent to this port by flooding */
     uint64_t ring_errors;           /* times a ring of this port was stopped as broken */
     uint64_t kicks;                 /* wake-ups from the guest */
     uint64_t calls;                 /* interrupts sent to the guest */
+    uint64_t descs;                 /* descriptors read from the port's rings: the work it cost */
     uint64_t fdb_learned;           /* addresses learned on this port */
     uint64_t fdb_moved;             /* addresses that moved to this port */
     uint64_t fdb_limit;             /* sources not learned: the port's MAC limit was reached */
@@ -177,7 +197,9 @@ int vs_vring_ready(struct vs_switch *sw, uint32_t port, uint32_t q);
  * return the number of frames taken (at least 1 when the budget ran out
  * before the ring did: call again), 0 when the ring is empty and kicks are
  * rearmed, or a negative errno if the port's ring was found broken (see
- * vs_port_error). */
+ * vs_port_error).  vs_poll's budget is per port, in frames of up to
+ * VS_BUDGET_DESCS descriptors (a longer chain costs more), dropped frames
+ * included. */
 int vs_port_kick(struct vs_switch *sw, uint32_t port, uint32_t q);
 int vs_poll(struct vs_switch *sw, uint32_t budget);
 

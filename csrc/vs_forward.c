@@ -164,14 +164,18 @@ int vs_serve(struct vs_switch *sw, uint32_t port, uint32_t budget, bool arm)
         return serve_tap(sw, port, budget);
     struct vs_vring *vq = &p->vq[VS_QUEUE_TX];
     uint32_t total = 0, spent = 0;
-    if (!vq->ready)
+    if (!vq->ready && !vq->drain)
         return p->broken ? -EIO : 0;
     vs_vring_enable_kicks(p, vq, false);
-    /* Every chain consumed, dropped or not, and every pass spends budget:
-     * a guest cannot keep us here with runts or a ring that never settles. */
+    /* Every chain consumed, dropped or not, and every pass spends budget,
+     * and a chain spends one unit per VS_BUDGET_DESCS descriptors read: a
+     * guest cannot keep us here with runts, long chains or a ring that
+     * never settles; a port whose chains are long gets fewer frames. */
     while (spent < budget) {
-        uint32_t consumed;
-        int n = vs_vring_dequeue(p, vq, sw->pkts, VS_BURST, &consumed);
+        uint32_t consumed, descs;
+        uint64_t left = (uint64_t)(budget - spent) * VS_BUDGET_DESCS;
+        int n = vs_vring_dequeue(p, vq, sw->pkts, VS_BURST,
+                                 left < UINT32_MAX ? (uint32_t)left : UINT32_MAX, &consumed, &descs);
         if (n < 0) {
             if (vs_vring_complete(p, vq, consumed))
                 signal_due(sw, port, VS_QUEUE_TX);
@@ -181,7 +185,8 @@ int vs_serve(struct vs_switch *sw, uint32_t port, uint32_t budget, bool arm)
         if (vs_vring_complete(p, vq, consumed))
             signal_due(sw, port, VS_QUEUE_TX);
         total += (uint32_t)n;
-        spent += consumed + 1;
+        uint32_t units = (descs + VS_BUDGET_DESCS - 1) / VS_BUDGET_DESCS;
+        spent += (units > consumed ? units : consumed) + 1;
         if (consumed > 0)
             continue;
         if (!arm)

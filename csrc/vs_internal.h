@@ -121,6 +121,10 @@ struct vs_vring {
     bool started;
     bool enabled;
     bool ready;
+    /* A TX ring started but disabled (SET_VRING_ENABLE 0): vhost-user.rst
+     * has the back end process and discard its packets, so it is served
+     * and every frame dropped (rx_drop_disabled).  Never set with ready. */
+    bool drain;
     bool kicks_off;         /* we set NO_NOTIFY and nobody cleared it since */
     bool signal_due;        /* listed in sw->signal: published, interrupt not yet decided */
 };
@@ -296,10 +300,13 @@ void vs_port_break(struct vs_port *p, const char *why);
 
 /* vs_vring_tx.c: frames the guest sends.  Up to max frames are referenced
  * in pkts (their chains' used entries written, not yet published);
- * *consumed counts every chain taken, dropped frames included.  The frames
- * stay valid until vs_vring_complete publishes the used index. */
+ * *consumed counts every chain taken, dropped frames included, and *descs
+ * their descriptors.  No chain is started once descs reaches desc_budget
+ * (the first always is), so a call reads at most desc_budget +
+ * VS_FRAME_MAX_DESCS descriptors.  The frames stay valid until
+ * vs_vring_complete publishes the used index. */
 int vs_vring_dequeue(struct vs_port *p, struct vs_vring *vq, struct vs_pkt *pkts, uint32_t max,
-                     uint32_t *consumed);
+                     uint32_t desc_budget, uint32_t *consumed, uint32_t *descs);
 bool vs_vring_complete(struct vs_port *p, struct vs_vring *vq, uint32_t consumed);
 
 /* vs_vring_rx.c: frames the guest receives (the used index published when

@@ -13,19 +13,27 @@
  * port's memory or to its features. */
 static void refresh(struct vs_port *p, struct vs_vring *vq)
 {
-    bool was = vq->ready;
-    vq->ready = false;
+    bool was = vq->ready || vq->drain;
+    bool rx = vs_queue_is_rx((uint32_t)(vq - p->vq));
+    vq->ready = vq->drain = false;
     vq->kicks_off = false;  /* the ring may be new: the next "off" writes */
     if (p->broken)
         return;
-    if (vs_vring_translate(p, vq) < 0 || !vq->started || !vq->enabled)
+    if (vs_vring_translate(p, vq) < 0 || !vq->started)
         return;
-    vq->ready = true;
+    /* A disabled RX ring gets nothing; a disabled TX ring is drained and
+     * its frames dropped (vhost-user.rst, "Ring states": the back end
+     * "must not supply any new RX packets, but must process and discard
+     * any TX packets"). */
+    if (!vq->enabled && rx)
+        return;
+    vq->ready = vq->enabled;
+    vq->drain = !vq->enabled;
     /* Buffers added to an RX ring never need our attention (frames that
      * find no room are dropped, not queued), so the guest need not kick
      * for them: a kick costs it a syscall or a VM exit.  With EVENT_IDX the
      * avail_event we never move does the same, but for one kick per wrap. */
-    if (vs_queue_is_rx((uint32_t)(vq - p->vq)))
+    if (rx)
         vs_vring_enable_kicks(p, vq, false);
     if (!was) {
         /* After a reconnect the ring in guest memory is the truth: resume
@@ -247,7 +255,7 @@ int vs_vring_stop(struct vs_switch *sw, uint32_t port, uint32_t q)
     if (!vq)
         return -EINVAL;
     vq->started = false;
-    vq->ready = false;
+    vq->ready = vq->drain = false;
     vq->kick_fd = -1;
     vq->call_fd = -1;
     return vq->last_avail;

@@ -190,7 +190,7 @@ static bool arm_all(struct vs_switch *sw)
     for (uint32_t k = 0; k < sw->nopen; k++) {
         struct vs_port *p = &sw->ports[sw->open_ids[k]];
         struct vs_vring *vq = &p->vq[VS_QUEUE_TX];
-        if (p->kind != VS_PORT_VHOST || !vq->ready)
+        if (p->kind != VS_PORT_VHOST || !(vq->ready || vq->drain))
             continue;
         vs_vring_enable_kicks(p, vq, true);
         if (__atomic_load_n(&vq->avail->idx, __ATOMIC_ACQUIRE) != vq->last_avail)

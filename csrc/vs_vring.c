@@ -16,7 +16,7 @@ void vs_port_break(struct vs_port *p, const char *why)
         p->st.ring_errors++;
     }
     for (int q = 0; q < VS_MAX_QUEUES; q++)
-        p->vq[q].ready = false;
+        p->vq[q].ready = p->vq[q].drain = false;
 }
 
 void vs_vring_init(struct vs_vring *vq)

@@ -13,15 +13,26 @@
 
 #include "vs_ring.h"
 
-/* Collects the writable spans of one RX chain into p->iov from *niov. */
+static const char *const rx_outside[2] = {
+    "RX buffer outside guest memory",
+    "RX buffer runs past the end of guest memory",
+};
+
+/* Collects the writable spans of one RX chain into p->iov from *niov,
+ * adding its room to *cap and its descriptors to *ndesc; -E2BIG once the
+ * frame's descriptors pass VS_FRAME_MAX_DESCS (the rest is never read). */
 static int rx_chain_iov(struct vs_port *p, struct vs_vring *vq, uint16_t head, uint32_t *niov,
-                        uint64_t *cap)
+                        uint64_t *cap, uint32_t *ndesc)
 {
     struct desc_iter it;
     struct vring_desc d;
+    uint32_t before = *ndesc;
     int rc;
     desc_iter_start(&it, vq, head);
     while ((rc = desc_next(p, &it, &d)) > 0) {
+        *ndesc = before + it.seen;
+        if (*ndesc > VS_FRAME_MAX_DESCS)
+            return -E2BIG;
         if (!(d.flags & VRING_DESC_F_WRITE)) {
             vs_port_break(p, "device-readable descriptor in an RX chain");
             return -EINVAL;
@@ -30,7 +41,7 @@ static int rx_chain_iov(struct vs_port *p, struct vs_vring *vq, uint16_t head, u
         uint64_t left = d.len;
         while (left > 0) {
             uint64_t len;
-            uint8_t *h = desc_span(p, &addr, &left, &len, "RX descriptor outside guest memory");
+            uint8_t *h = desc_span(p, &addr, &left, &len, left == d.len, rx_outside);
             if (!h)
                 return -EFAULT;
             if (*niov >= VS_MAX_IOV)
@@ -39,46 +50,59 @@ static int rx_chain_iov(struct vs_port *p, struct vs_vring *vq, uint16_t head, u
         }
         *cap += d.len;
     }
+    *ndesc = before + it.seen;
     return rc;
 }
 
 /* Reserves buffers for need bytes from avail slot *slot on: their heads go
  * to p->heads from *nheads, their spans to p->iov from *niov.
  * 1: reserved; 0: no room (nothing reserved); -ENOBUFS: the burst's span
- * table is full; other <0: broken ring. */
+ * or head table is full; -E2BIG: no room within what one frame may use
+ * (VS_FRAME_MAX_HEADS, VS_FRAME_MAX_DESCS); other <0: broken ring.  The
+ * descriptors read are counted in descs whatever the outcome. */
 static int reserve(struct vs_port *p, struct vs_vring *vq, uint64_t need, uint16_t *slot,
                    uint16_t *avail_left, uint32_t *niov, uint32_t *nheads)
 {
     uint32_t iov0 = *niov, heads0 = *nheads;
+    uint32_t ndesc = 0;
     uint16_t k = 0;
     uint64_t cap = 0;
+    int rc = 1;
     while (cap < need) {
-        if (k == *avail_left || *nheads == VS_MAX_IOV || (k > 0 && !p->mrg_rxbuf))
-            goto no_room;
-        uint16_t head;
-        int rc = read_head(p, vq, (uint16_t)(*slot + k), &head);
-        if (rc == 0)
-            rc = rx_chain_iov(p, vq, head, niov, &cap);
-        if (rc == -ENOBUFS) {
-            *niov = iov0;
-            *nheads = heads0;
-            return -ENOBUFS;
+        if (k == *avail_left || (k > 0 && !p->mrg_rxbuf)) {
+            rc = 0;
+            break;
         }
+        if (k == VS_FRAME_MAX_HEADS) {
+            rc = -E2BIG;
+            break;
+        }
+        if (*nheads == VS_MAX_IOV) {
+            rc = -ENOBUFS;
+            break;
+        }
+        uint16_t head;
+        rc = read_head(p, vq, (uint16_t)(*slot + k), &head);
+        if (rc == 0)
+            rc = rx_chain_iov(p, vq, head, niov, &cap, &ndesc);
         if (rc < 0)
-            return rc;
+            break;
         p->heads[*nheads] = head;
         p->ends[(*nheads)++] = *niov;
         k++;
+        rc = 1;
+    }
+    p->st.descs += ndesc;
+    if (rc <= 0) {
+        *niov = iov0;
+        *nheads = heads0;
+        return rc;
     }
     *slot = (uint16_t)(*slot + k);
     *avail_left = (uint16_t)(*avail_left - k);
     if (*niov > iov0)
         prefetch_span(p->iov[iov0].p, p->iov[iov0].len < need ? p->iov[iov0].len : (uint32_t)need, 1);
     return 1;
-no_room:
-    *niov = iov0;
-    *nheads = heads0;
-    return 0;
 }
 
 /* Writes src across the spans from span *i, offset *off on.  memmove: a
@@ -167,32 +191,37 @@ uint32_t vs_vring_enqueue(struct vs_port *p, struct vs_vring *vq, struct vs_pkt 
 
     struct rx_plan plan[VS_BURST];
     uint32_t i = 0;
-    while (i < n) {
+    int stop = 1;       /* 1: every frame went or was dropped for its length */
+    while (i < n && stop == 1) {
         uint32_t nplan = 0, niov = 0, nheads = 0;
         uint16_t slot = vq->last_avail;
-        int rc = 0;
         for (; i < n && nplan < VS_BURST; i++) {
             struct vs_pkt *pkt = pkts[i];
             if (pkt->len > p->mtu + 18) {
                 p->st.tx_drop_too_long++;
                 continue;
             }
-            rc = reserve(p, vq, p->hdr_len + pkt->len, &slot, &avail, &niov, &nheads);
-            if (rc == -ENOBUFS && nplan > 0)
-                break;      /* copy what is planned, then try this frame again */
-            if (rc < 0 && rc != -ENOBUFS)
-                break;
-            if (rc <= 0) {
-                p->st.tx_drop_no_buffer++;
+            int rc = reserve(p, vq, p->hdr_len + pkt->len, &slot, &avail, &niov, &nheads);
+            if (rc == 1) {
+                plan[nplan++] = (struct rx_plan){pkt, niov, nheads};
                 continue;
             }
-            plan[nplan++] = (struct rx_plan){pkt, niov, nheads};
-        }
-        sent += fill(p, vq, plan, nplan);
-        if (rc < 0 && rc != -ENOBUFS) {
-            p->st.tx_drop_no_buffer += n - i;
+            if (rc == -ENOBUFS && nplan > 0)
+                break;      /* copy what is planned, then try this frame again */
+            stop = rc;      /* -ENOBUFS alone: one frame needs more spans than a burst */
             break;
         }
+        sent += fill(p, vq, plan, nplan);
+    }
+    if (stop != 1) {
+        /* Frame i found no room, or none within what a frame may use, or
+         * broke the ring: it and the rest of the burst are dropped, not
+         * tried again, since each try would walk the same buffers anew. */
+        if (stop == -E2BIG || stop == -ENOBUFS)
+            p->st.tx_drop_desc_limit++;
+        else
+            p->st.tx_drop_no_buffer++;
+        p->st.tx_drop_no_buffer += n - i - 1;
     }
     if (vq->used && sent > 0) {
         publish_used(vq);

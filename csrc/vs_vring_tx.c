@@ -20,24 +20,37 @@
 #include "vs_ring.h"
 
 /* Outcome of reading one TX chain. */
-enum { TX_OK, TX_RUNT, TX_TOO_LONG, TX_BAD_HDR };
+enum { TX_OK, TX_RUNT, TX_TOO_LONG, TX_BAD_HDR, TX_DESC_LIMIT };
+
+static const char *const tx_outside[2] = {
+    "TX buffer outside guest memory",
+    "TX buffer runs past the end of guest memory",
+};
 
 /* Collects the spans of one chain (virtio-net header included) into
  * pkt->seg, at most limit bytes; a chain of more spans than seg holds is
- * copied into pkt->buf instead.  pkt->len is the bytes kept, *too_long
- * says the chain had more. */
+ * copied into pkt->buf instead.  pkt->len is the bytes kept; *what is
+ * TX_TOO_LONG if the chain had more, TX_DESC_LIMIT if it has more than
+ * VS_FRAME_MAX_DESCS descriptors (the walk stops there: the rest is never
+ * read), else TX_OK.  *ndesc counts the descriptors read. */
 static int walk_tx_chain(struct vs_port *p, struct vs_vring *vq, uint16_t head,
-                         struct vs_pkt *pkt, uint32_t limit, bool *too_long)
+                         struct vs_pkt *pkt, uint32_t limit, uint8_t *what, uint32_t *ndesc)
 {
     struct desc_iter it;
     struct vring_desc d;
     uint32_t nseg = 0, got = 0;
     bool copied = false;
+    bool too_long = false;
     int rc;
 
-    *too_long = false;
+    *what = TX_OK;
     desc_iter_start(&it, vq, head);
     while ((rc = desc_next(p, &it, &d)) > 0) {
+        if (it.seen > VS_FRAME_MAX_DESCS) {
+            *ndesc += it.seen;
+            *what = TX_DESC_LIMIT;
+            return 0;
+        }
         if (d.flags & VRING_DESC_F_WRITE) {
             vs_port_break(p, "device-writable descriptor in a TX chain");
             return -EINVAL;
@@ -46,14 +59,13 @@ static int walk_tx_chain(struct vs_port *p, struct vs_vring *vq, uint16_t head,
         uint64_t left = d.len;
         while (left > 0) {
             uint64_t len;
-            const uint8_t *src = desc_span(p, &addr, &left, &len,
-                                           "TX descriptor outside guest memory");
+            const uint8_t *src = desc_span(p, &addr, &left, &len, left == d.len, tx_outside);
             if (!src)
                 return -EFAULT;
             /* Keep the first limit bytes (the header stays checkable), but
              * walk and check the whole chain. */
             if (len > limit - got) {
-                *too_long = true;
+                too_long = true;
                 len = limit - got;
             }
             if (len == 0)
@@ -73,8 +85,11 @@ static int walk_tx_chain(struct vs_port *p, struct vs_vring *vq, uint16_t head,
             got += (uint32_t)len;
         }
     }
+    *ndesc += it.seen;
     if (rc < 0)
         return rc;
+    if (too_long)
+        *what = TX_TOO_LONG;
     if (copied) {
         pkt->seg[0] = (struct vs_seg){pkt->buf, got};
         nseg = 1;
@@ -151,14 +166,16 @@ static void swap_pkts(struct vs_pkt *a, struct vs_pkt *b)
 }
 
 int vs_vring_dequeue(struct vs_port *p, struct vs_vring *vq, struct vs_pkt *pkts, uint32_t max,
-                     uint32_t *consumed)
+                     uint32_t desc_budget, uint32_t *consumed, uint32_t *descs)
 {
     uint16_t avail;
     uint16_t heads[VS_BURST];
-    bool too_long[VS_BURST];
+    uint8_t what[VS_BURST];
     *consumed = 0;
-    if (!vq->ready || avail_count(p, vq, &avail) < 0)
+    *descs = 0;
+    if (!(vq->ready || vq->drain) || avail_count(p, vq, &avail) < 0)
         return p->broken ? -EIO : 0;
+    bool drain = vq->drain;     /* as it was: a ring breaking below clears both */
     uint32_t n = avail < max ? avail : max;
     if (n > VS_BURST)
         n = VS_BURST;
@@ -171,27 +188,38 @@ int vs_vring_dequeue(struct vs_port *p, struct vs_vring *vq, struct vs_pkt *pkts
         __builtin_prefetch(&vq->desc[heads[nh]], 0, 3);
     }
 
-    uint32_t walked = 0;
-    for (; walked < nh; walked++) {
+    /* Every chain is walked to its end or to VS_FRAME_MAX_DESCS, whichever
+     * comes first, and charged for what was read; once the budget is
+     * spent, the rest of the heads wait for the next call. */
+    uint32_t walked = 0, nd = 0;
+    for (; walked < nh && (walked == 0 || nd < desc_budget); walked++) {
         struct vs_pkt *pkt = &pkts[walked];
         int wrc = walk_tx_chain(p, vq, heads[walked], pkt, p->hdr_len + p->mtu + 18,
-                                &too_long[walked]);
+                                &what[walked], &nd);
         if (wrc < 0) {
             rc = wrc;
             break;
         }
         put_used(vq, vq->last_used++, heads[walked], 0);
         vq->last_avail++;
-        if (pkt->nseg > 0)
+        if (what[walked] != TX_DESC_LIMIT && pkt->nseg > 0)
             prefetch_span(pkt->seg[0].p, pkt->seg[0].len, 0);
     }
+    *descs = nd;
+    p->st.descs += nd;
     if (rc < 0)
         p->st.rx_drop_bad_desc++;
 
     uint32_t got = 0;
     for (uint32_t i = 0; i < walked; i++) {
-        switch (classify(p, &pkts[i], too_long[i])) {
+        int c = what[i] == TX_DESC_LIMIT ? TX_DESC_LIMIT
+                                         : classify(p, &pkts[i], what[i] == TX_TOO_LONG);
+        switch (c) {
         case TX_OK:
+            if (drain) {
+                p->st.rx_drop_disabled++;
+                break;
+            }
             p->st.rx_packets++;
             p->st.rx_bytes += pkts[i].len;
             /* Swap, not copy: every slot keeps a buffer of its own. */
@@ -204,6 +232,9 @@ int vs_vring_dequeue(struct vs_port *p, struct vs_vring *vq, struct vs_pkt *pkts
             break;
         case TX_TOO_LONG:
             p->st.rx_drop_too_long++;
+            break;
+        case TX_DESC_LIMIT:
+            p->st.rx_drop_desc_limit++;
             break;
         default:
             p->st.rx_drop_bad_hdr++;

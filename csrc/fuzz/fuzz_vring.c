@@ -11,7 +11,11 @@
  * Besides ASan/UBSan, the harness checks what the sanitizers cannot see:
  * guest memory is a mmap of a memfd, outside ASan's view, so the file has
  * canary gaps around every region and they must never change; a broken
- * port must say why; captured records must be well formed.
+ * port must say why; captured records must be well formed; and the
+ * descriptors each call reads (the descs counter) stay within what the
+ * frames it moved and its budget allow (VS_FRAME_MAX_DESCS per chain,
+ * VS_FRAME_MAX_HEADS per frame, the kick budget), which ops 14 and 15
+ * test with long direct and indirect chains and runs of tiny heads.
  *
  * Build and run: scripts/fuzz [SECONDS].  Input layout (missing bytes read
  * as zero):
@@ -28,7 +32,9 @@
  *       pages (mod 4; 0 = adjacent), u8 size in pages - 1 (mod 4)
  *   18  raw layout: 4 rings x (u16 desc, u16 avail, u16 used) offsets
  *   42  u16 set_base for each of the 4 rings
- *   50  u8  number of ops (mod 24), then 2 bytes per op
+ *   50  u8  number of ops (mod 24), then 2 bytes per op (op, arg): op 0..223
+ *       is one of 14 calls (op % 14, see run_op); 224..255 write a long
+ *       chain or a run of tiny heads into a ring first (ops 14 and 15)
  *   ..  the rest: guest memory content, region by region in gpa order
  *
  * Ring k: 0 = port 0 RX, 1 = port 0 TX, 2 = port 1 RX, 3 = port 1 TX.
@@ -176,6 +182,89 @@ static uint16_t *avail_idx(struct world *w, uint32_t k)
     return (uint16_t *)(file + w->reg[0].off + off);
 }
 
+/* Region 0's bytes at offset off, if n of them fit. */
+static uint8_t *at0(struct world *w, uint64_t off, uint64_t n)
+{
+    if (off > w->reg[0].size || n > w->reg[0].size - off)
+        return NULL;
+    return file + w->reg[0].off + off;
+}
+
+static void put_desc(uint8_t *d, uint64_t addr, uint32_t len, uint16_t flags, uint16_t next)
+{
+    memcpy(d, &addr, 8);
+    memcpy(d + 8, &len, 4);
+    memcpy(d + 12, &flags, 2);
+    memcpy(d + 14, &next, 2);
+}
+
+/* Publishes head in ring k's next avail slot, if the avail ring is in region 0. */
+static void publish(struct world *w, uint32_t k, uint16_t head)
+{
+    const struct ring *r = &w->ring[k];
+    uint8_t *a = at0(w, r->avail, 4 + 2 * (uint64_t)r->num);
+    if (!a || (r->avail & 1))
+        return;
+    uint16_t idx;
+    memcpy(&idx, a + 2, 2);
+    memcpy(a + 4 + 2 * (idx & (r->num - 1)), &head, 2);
+    __atomic_store_n((uint16_t *)(void *)(a + 2), (uint16_t)(idx + 1), __ATOMIC_RELEASE);
+}
+
+/* Op 14: one long chain from head 0 of ring k: ndirect descriptors, the
+ * first with a frame's worth of bytes, the rest 0 to 4 bytes long (many
+ * zero), then maybe an indirect table of ntable more, maybe not 8-byte
+ * aligned.  Lengths reach past the queue size (a broken ring) and past
+ * VS_FRAME_MAX_DESCS (a dropped frame) from either part. */
+static void long_chain(struct world *w, uint8_t arg)
+{
+    uint32_t k = arg & 3;
+    const struct ring *r = &w->ring[k];
+    uint16_t wflag = (k % 2 == 0) ? 2 : 0;
+    uint32_t ndirect = 1 + ((arg >> 2) & 7) * r->num / 7;
+    if (ndirect > r->num)
+        ndirect = r->num;
+    static const uint32_t tsizes[4] = {0, 3, VS_FRAME_MAX_DESCS, 300};
+    uint32_t ntable = tsizes[(arg >> 5) & 3];
+    uint64_t buf = w->reg[0].gpa + 0x200;
+    uint64_t toff = (REGION0_SIZE - 16 * 301 - 8) + ((arg & 0x80) ? 4 : 0);
+    uint8_t *d = at0(w, r->desc, 16 * (uint64_t)r->num);
+    uint8_t *t = at0(w, toff, 16 * (uint64_t)ntable);
+    if (!d || (ntable && !t))
+        return;
+    for (uint32_t i = 0; i < ndirect; i++) {
+        uint32_t len = i == 0 ? 74 : i % 5;
+        bool last = i + 1 == ndirect;
+        if (last && ntable)
+            put_desc(d + 16 * i, w->reg[0].gpa + toff, 16 * ntable, 4, 0);
+        else
+            put_desc(d + 16 * i, buf, len, (uint16_t)(wflag | (last ? 0 : 1)), (uint16_t)(i + 1));
+    }
+    for (uint32_t i = 0; i < ntable; i++)
+        put_desc(t + 16 * i, buf, i % 3 ? 0 : 2, (uint16_t)(wflag | (i + 1 < ntable ? 1 : 0)),
+                 (uint16_t)(i + 1));
+    publish(w, k, 0);
+}
+
+/* Op 15: count heads of one tiny descriptor each (0 or 1 byte) in ring k,
+ * all published: room for no frame, or only after many heads. */
+static void tiny_heads(struct world *w, uint8_t arg)
+{
+    uint32_t k = arg & 3;
+    const struct ring *r = &w->ring[k];
+    uint32_t count = 1 + (uint32_t)((arg >> 2) & 15) * 17;
+    if (count > r->num)
+        count = r->num;
+    uint8_t *d = at0(w, r->desc, 16 * (uint64_t)r->num);
+    if (!d)
+        return;
+    for (uint32_t i = 0; i < count; i++) {
+        put_desc(d + 16 * i, w->reg[0].gpa + 0x300 + i, (arg & 0x40) ? 0 : 1 + (i & 1),
+                 (k % 2 == 0) ? 2 : 0, 0);
+        publish(w, k, (uint16_t)i);
+    }
+}
+
 static void check_port(struct world *w, uint32_t port)
 {
     uint32_t st = vs_port_state(w->sw, port);
@@ -208,10 +297,48 @@ static void check_capture(uint32_t n, uint32_t snaplen)
     }
 }
 
+/* Chains taken from a port's TX ring (each ends in one of these), and
+ * frames offered to its RX ring. */
+static uint64_t chains_taken(const struct vs_port_stats *st)
+{
+    return st->rx_packets + st->rx_drop_runt + st->rx_drop_too_long + st->rx_drop_bad_hdr +
+           st->rx_drop_bad_desc + st->rx_drop_desc_limit + st->rx_drop_disabled;
+}
+
+static uint64_t frames_offered(const struct vs_port_stats *st)
+{
+    return st->tx_packets + st->tx_drop_no_buffer + st->tx_drop_desc_limit;
+}
+
+/* What vs_port_kick may spend on the kicked port's TX ring: vs_forward.c's
+ * KICK_BUDGET (8 bursts) of units, and one chain past it. */
+#define KICK_DESCS (8 * VS_BURST * VS_BUDGET_DESCS + VS_FRAME_MAX_DESCS + 1)
+
+/* The descriptor work of one op is bounded by what it moved: at most
+ * VS_FRAME_MAX_DESCS + 1 reads per chain taken, twice that per frame
+ * offered to an RX ring (a frame is walked again once when the burst's
+ * span table fills), and a kick by its budget. */
+static void check_work(const struct vs_port_stats *before, const struct vs_port_stats *after,
+                       bool kicked)
+{
+    uint64_t per = VS_FRAME_MAX_DESCS + 1;
+    uint64_t d = after->descs - before->descs;
+    uint64_t chains = chains_taken(after) - chains_taken(before);
+    uint64_t offered = frames_offered(after) - frames_offered(before);
+    if (d > per * (chains + 2 * offered))
+        die("more descriptor reads than the frames moved allow");
+    if (kicked && d > KICK_DESCS + 2 * per * offered)
+        die("a kick read more descriptors than its budget");
+}
+
 static void run_op(struct world *w, uint8_t op, uint8_t arg)
 {
     uint32_t port = arg & 1;
-    switch (op % 14) {
+    struct vs_port_stats before[2], after[2];
+    vs_port_get_stats(w->sw, 0, &before[0]);
+    vs_port_get_stats(w->sw, 1, &before[1]);
+    uint32_t kind = op < 224 ? op % 14 : 14 + (op & 1);
+    switch (kind) {
     case 0:
     case 1:
     case 2:     /* the common case: a guest kicks its TX ring */
@@ -269,7 +396,18 @@ static void run_op(struct world *w, uint8_t op, uint8_t arg)
     case 13:
         vs_port_set_mtu(w->sw, port, VS_MIN_MTU + (uint32_t)arg * 36);
         break;
+    case 14:
+        long_chain(w, arg);
+        break;
+    case 15:
+        tiny_heads(w, arg);
+        break;
     }
+    vs_port_get_stats(w->sw, 0, &after[0]);
+    vs_port_get_stats(w->sw, 1, &after[1]);
+    /* Counters survive resets and reconnects (op 7): they only grow. */
+    for (uint32_t i = 0; i < 2; i++)
+        check_work(&before[i], &after[i], kind <= 2 && i == port);
     check_port(w, 0);
     check_port(w, 1);
 }
@@ -387,11 +525,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (verbose)
             fprintf(stderr,
                     "port %u: state %u error '%s' rx %lu tx %lu drop runt %lu long %lu "
-                    "hdr %lu desc %lu nobuf %lu flood %lu ring_errors %lu calls %lu cap %lu\n",
+                    "hdr %lu desc %lu desc_limit %lu disabled %lu nobuf %lu tx_desc_limit %lu "
+                    "flood %lu ring_errors %lu calls %lu cap %lu descs %lu\n",
                     port, vs_port_state(w.sw, port), vs_port_error(w.sw, port),
                     st.rx_packets, st.tx_packets, st.rx_drop_runt, st.rx_drop_too_long,
-                    st.rx_drop_bad_hdr, st.rx_drop_bad_desc, st.tx_drop_no_buffer, st.tx_flood,
-                    st.ring_errors, st.calls, st.cap_packets);
+                    st.rx_drop_bad_hdr, st.rx_drop_bad_desc, st.rx_drop_desc_limit,
+                    st.rx_drop_disabled, st.tx_drop_no_buffer, st.tx_drop_desc_limit,
+                    st.tx_flood, st.ring_errors, st.calls, st.cap_packets, st.descs);
     }
     vs_switch_free(w.sw);
 

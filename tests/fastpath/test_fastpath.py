@@ -110,9 +110,10 @@ def test_unicast_to_learned_port(sw: Switch, layout: str) -> None:
         assert a.calls(Q_TX) == 1
         assert delta(a.stats(), before[a.id]) == {
             "rx_packets": 1, "rx_bytes": 200, "kicks": 1, "calls": 1, "fdb_learned": 1,
-            "fdb_count": 1,
+            "fdb_count": 1, "descs": 1,
         }
-        assert delta(b.stats(), before[b.id]) == {"tx_packets": 1, "tx_bytes": 200, "calls": 1}
+        assert delta(b.stats(), before[b.id]) == {"tx_packets": 1, "tx_bytes": 200, "calls": 1,
+                                                  "descs": 1}
         assert delta(c.stats(), before[c.id]) == {}
         assert sw.fdb()[mac_int(MA)] == (a.id, 0)
     finally:

@@ -175,6 +175,35 @@ TX_POISONS: dict[str, tuple[Poison, bool]] = {
 }
 
 
+# What the port's error says for each: what was wrong, not just where.
+TX_ERRORS: dict[str, str] = {
+    "addr-below-memory": "TX buffer outside guest memory",
+    "addr-past-memory": "TX buffer outside guest memory",
+    "addr-len-wraps-2^64": "TX buffer outside guest memory",
+    "len-crosses-region-end": "TX buffer runs past the end of guest memory",
+    "len-4GiB": "TX buffer runs past the end of guest memory",
+    "loop": "descriptor chain longer than the queue size (or a loop)",
+    "self-loop": "descriptor chain longer than the queue size (or a loop)",
+    "chain-longer-than-ring": "descriptor chain longer than the queue size (or a loop)",
+    "next-equals-num": "next index past the end of the descriptor table",
+    "next-ffff": "next index past the end of the descriptor table",
+    "head-equals-num": "avail ring names a head past the end of the descriptor table",
+    "head-ffff": "avail ring names a head past the end of the descriptor table",
+    "avail-idx-jumps": "avail index moved by more than the ring size",
+    "avail-idx-goes-back": "avail index moved by more than the ring size",
+    "writable-in-tx-chain": "device-writable descriptor in a TX chain",
+    "indirect-len-not-16n": "indirect table length not a multiple of 16",
+    "indirect-len-zero": "indirect table of length 0",
+    "indirect-outside-memory": "indirect table outside guest memory",
+    "indirect-crosses-region-end": "indirect table crosses the end of a guest memory region",
+    "indirect-in-indirect": "indirect descriptor inside an indirect table",
+    "indirect-and-next": "indirect descriptor with the NEXT flag set",
+    "indirect-next-out-of-table": "next index past the end of an indirect table",
+    "indirect-loop": "descriptor chain longer than the queue size (or a loop)",
+    "indirect-entry-outside": "TX buffer outside guest memory",
+}
+
+
 @pytest.mark.parametrize("name", list(TX_POISONS))
 def test_malformed_tx_ring(net: Net, name: str) -> None:
     poison, bad_chain = TX_POISONS[name]
@@ -185,6 +214,7 @@ def test_malformed_tx_ring(net: Net, name: str) -> None:
     poison(a.tx)
     rc = a.kick()
     net.assert_stopped(rc)
+    assert a.error == TX_ERRORS[name]
     good = 1 if bad_chain else 0
     assert len(net.b.frames()) == good and len(net.c.frames()) == good
     st = a.stats()
@@ -201,6 +231,7 @@ def test_indirect_without_negotiating_it() -> None:
             a = net.a
             a.tx.add_tx(eth(BCAST, MA, 64), net_hdr(12), indirect=True)
             net.assert_stopped(a.kick())
+            assert a.error == "indirect descriptor, but INDIRECT_DESC was not negotiated"
             assert a.stats()["rx_drop_bad_desc"] == 1
             net.bystanders_forward()
         finally:

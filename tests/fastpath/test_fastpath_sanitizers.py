@@ -214,8 +214,9 @@ def _eth(dst: str, src: str, n: int) -> bytes:
     return head + bytes(i & 0xFF for i in range(n - 14))
 
 
-def _header(nreg: int, feats: tuple[int, int], ops: list[tuple[int, int]]) -> bytes:
-    h = bytes([nreg - 1, 0, feats[0], feats[1], 3, 3])  # 3 = log2(_NUM)
+def _header(nreg: int, feats: tuple[int, int], ops: list[tuple[int, int]],
+            log2_num: int = 3) -> bytes:
+    h = bytes([nreg - 1, 0, feats[0], feats[1], log2_num, log2_num])  # 3 = log2(_NUM)
     h += struct.pack("<HH", 1500 - 68, 1500 - 68)
     h += bytes([7, 0])  # fdb size 8, packed ring layout
     h += bytes([1, 0, 0, 1, 0, 2])  # gpa base 1 page; regions 1, 2: adjacent, 2 and 3 pages
@@ -257,6 +258,16 @@ def fuzz_seeds() -> dict[str, bytes]:
     img.rx_at(2, _GPA0 + (32 << 10) + 2 * 4096 + 100, 1600)
     ops = [(0, 0), (0, 1), (11, 0x1F), (0, 0), (13, 40), (3, 1)]
     seeds["legacy-three-regions"] = _header(3, (_LEGACY, 0b0100), ops) + bytes(img.mem)
+    # Rings of 256 and the harness's own long chains (op 224: a chain from
+    # head 0, arg = ring | direct length << 2 | table size << 5 | misaligned
+    # table 0x80) and runs of tiny heads (op 225: ring | count << 2): a frame
+    # through a misaligned indirect table, TX chains past the frame's
+    # descriptor limit (direct and indirect parts), RX buffers past its head
+    # limit.
+    ops = [(224, 0x01 | 0x20 | 0x80), (0, 0), (225, 0x02 | 15 << 2),
+           (224, 0x01 | 7 << 2 | 3 << 5), (0, 0), (224, 0x03 | 3 << 2 | 2 << 5), (0, 1),
+           (224, 0x00 | 7 << 2 | 3 << 5), (4, 200)]
+    seeds["long-chains-and-tiny-heads"] = _header(1, (_MODERN, _MODERN), ops, 8)
     for data in seeds.values():
         assert len(data) <= 4096, "scripts/fuzz runs with -max_len=4096"
     return seeds
