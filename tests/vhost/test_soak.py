@@ -152,6 +152,24 @@ async def h_bad_ring(path: str, rng: random.Random) -> None:
         g.close()
 
 
+async def h_long_chains(path: str, rng: random.Random) -> None:
+    """Chains of hundreds of descriptors (indirect ones too), zero-length pieces included,
+    and RX buffers cut into 8-byte heads: bounded work, the frames dropped and counted."""
+    g = SoftGuest(path, MACS["h"], num=256, mem_size=4 << 20)
+    try:
+        await g.attach(rx_buffers=0)
+        g.rx.add_rx(8, count=200)
+        os.eventfd_write(g.kick[0], 1)
+        body = frame("ff:ff:ff:ff:ff:ff", MACS["h"], 0, size=600)
+        for indirect in (False, True):
+            cuts = sorted(rng.sample(range(1, len(body)), 150))
+            g.tx.add_tx(body, bytes(12), split=cuts + cuts[:20], indirect=indirect)
+        os.eventfd_write(g.kick[1], 1)
+        await asyncio.sleep(0.02)
+    finally:
+        g.close()
+
+
 HOSTILE_KINDS: list[Callable[[str, random.Random], Awaitable[None]]] = [
     h_garbage,
     h_oversize,
@@ -160,6 +178,7 @@ HOSTILE_KINDS: list[Callable[[str, random.Random], Awaitable[None]]] = [
     h_wrong_fd_kind,
     h_mid_setup,
     h_bad_ring,
+    h_long_chains,
 ]
 
 
