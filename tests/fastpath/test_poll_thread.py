@@ -80,7 +80,7 @@ def test_forwards_sleeps_when_idle_and_parks_for_changes(sw: Switch) -> None:
         assert run.stats()["poll_loops"] - loops0 < 10
 
         # A control-plane change while the thread runs: park, reconfigure, resume.
-        lib.vs_run_pause(sw.sw)
+        assert lib.vs_run_pause(sw.sw, 5000) == 0
         b.reset()
         b.setup()
         lib.vs_run_resume(sw.sw)
@@ -147,7 +147,7 @@ def test_pause_resume_storm(sw: Switch) -> None:
     b.post_rx(64)
     with Runner(sw, idle_us=0):
         for i in range(5000):
-            lib.vs_run_pause(sw.sw)
+            assert lib.vs_run_pause(sw.sw, 5000) == 0
             if i % 500 == 0:
                 a.tx.add_tx(eth(MB, MA, 64), net_hdr(12))
                 os.eventfd_write(a.kick_fds[Q_TX], 1)
@@ -165,7 +165,7 @@ def test_stays_asleep_after_pauses(sw: Switch) -> None:
     a.post_rx(8)
     with Runner(sw, idle_us=100) as run:
         for _ in range(3000):
-            lib.vs_run_pause(sw.sw)
+            assert lib.vs_run_pause(sw.sw, 5000) == 0
             lib.vs_run_resume(sw.sw)
         time.sleep(0.1)
         sleeps, loops = run.stats()["poll_sleeps"], run.stats()["poll_loops"]
@@ -176,7 +176,7 @@ def test_stays_asleep_after_pauses(sw: Switch) -> None:
 
 def fdb_macs(sw: Switch) -> set[int]:
     """The MAC table, read with the thread parked (it may be changing it)."""
-    lib.vs_run_pause(sw.sw)
+    assert lib.vs_run_pause(sw.sw, 5000) == 0
     try:
         return set(sw.fdb())
     finally:
