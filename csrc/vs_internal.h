@@ -270,7 +270,8 @@ struct vs_switch {
     uint32_t nsignal;               /* rings with signal_due: port * VS_MAX_QUEUES + queue */
     uint32_t signal[VS_MAX_PORTS * VS_MAX_QUEUES];
     struct vs_runner run;
-    struct vs_peer_io io;
+    struct vs_peer_io io;       /* the data path's (poll thread, or kicks from the loop) */
+    struct vs_peer_io io_ctl;   /* vs_efd_signal's: the control plane runs beside the thread */
     /* Chains taken from the TX ring of the port being served (run.serving)
      * and not given back yet: a fault in another port's memory while they
      * are forwarded gives them back (vs_forward_recover). */

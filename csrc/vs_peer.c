@@ -164,17 +164,19 @@ void vs_guard_fault(struct vs_guard *g)
     g->fault_port = -1;
 }
 
-static void io_begin(struct vs_switch *sw, uint32_t port)
+/* One marker per thread that may make such calls at the same time (the
+ * poll thread and the control plane), so each one's seq stays odd exactly
+ * while its own call runs. */
+static void io_begin(struct vs_peer_io *io, uint32_t port)
 {
-    struct vs_peer_io *io = &sw->io;
     __atomic_store_n(&io->tid, gettid(), __ATOMIC_RELAXED);
     __atomic_store_n(&io->port, port, __ATOMIC_RELAXED);
     __atomic_add_fetch(&io->seq, 1, __ATOMIC_RELEASE);     /* odd */
 }
 
-static void io_end(struct vs_switch *sw)
+static void io_end(struct vs_peer_io *io)
 {
-    __atomic_add_fetch(&sw->io.seq, 1, __ATOMIC_RELEASE);  /* even */
+    __atomic_add_fetch(&io->seq, 1, __ATOMIC_RELEASE);     /* even */
 }
 
 bool vs_efd_take(struct vs_switch *sw, uint32_t port, int fd)
@@ -193,13 +195,13 @@ bool vs_efd_take(struct vs_switch *sw, uint32_t port, int fd)
     struct pollfd pfd = {.fd = fd, .events = POLLIN};
     if (poll(&pfd, 1, 0) != 1 || !(pfd.revents & POLLIN))
         return false;
-    io_begin(sw, port);
+    io_begin(&sw->io, port);
     n = read(fd, &v, sizeof(v));
-    io_end(sw);
+    io_end(&sw->io);
     return n == sizeof(v);
 }
 
-int vs_efd_give(struct vs_switch *sw, uint32_t port, int fd)
+static int give(struct vs_peer_io *io, uint32_t port, int fd)
 {
     struct pollfd pfd = {.fd = fd, .events = POLLOUT};
     int r;
@@ -211,10 +213,10 @@ int vs_efd_give(struct vs_switch *sw, uint32_t port, int fd)
     if (r == 0 || !(pfd.revents & POLLOUT))
         return 0;   /* full: the peer has a count to read already */
     uint64_t one = 1;
-    io_begin(sw, port);
+    io_begin(io, port);
     ssize_t n = write(fd, &one, sizeof(one));
     int err = errno;
-    io_end(sw);
+    io_end(io);
     if (n == sizeof(one))
         return 1;
     if (n < 0 && err == EAGAIN)
@@ -222,17 +224,22 @@ int vs_efd_give(struct vs_switch *sw, uint32_t port, int fd)
     return n < 0 ? -err : -EIO;
 }
 
-int vs_efd_signal(struct vs_switch *sw, int fd)
+int vs_efd_give(struct vs_switch *sw, uint32_t port, int fd)
 {
-    return vs_efd_give(sw, UINT32_MAX, fd);
+    return give(&sw->io, port, fd);
 }
 
-int vs_watchdog(struct vs_switch *sw)
+int vs_efd_signal(struct vs_switch *sw, int fd)
 {
-    struct vs_peer_io *io = &sw->io;
+    return give(&sw->io_ctl, UINT32_MAX, fd);
+}
+
+/* Interrupts io's call if it was under way at the last look too. */
+static int watch(struct vs_peer_io *io)
+{
     uint64_t seq = __atomic_load_n(&io->seq, __ATOMIC_ACQUIRE);
-    bool stuck = (seq & 1) && seq == io->seen;
-    io->seen = seq;
+    /* Two callers may look at once (the watchdog thread, a timed-out pause). */
+    bool stuck = (seq & 1) && __atomic_exchange_n(&io->seen, seq, __ATOMIC_RELAXED) == seq;
     if (!stuck)
         return -1;
     pid_t tid = __atomic_load_n(&io->tid, __ATOMIC_RELAXED);
@@ -243,4 +250,10 @@ int vs_watchdog(struct vs_switch *sw)
      * undefined behaviour, at worst another of our threads sees one EINTR. */
     syscall(SYS_tgkill, getpid(), tid, VS_SIGWAKE);
     return port == UINT32_MAX ? VS_MAX_PORTS : (int)port;
+}
+
+int vs_watchdog(struct vs_switch *sw)
+{
+    int a = watch(&sw->io), b = watch(&sw->io_ctl);
+    return a >= 0 ? a : b;
 }
