@@ -129,6 +129,8 @@ struct vs_switch_stats {
     uint64_t flooded;               /* frames flooded (unknown unicast, broadcast, multicast) */
     uint64_t poll_sleeps;           /* times the poll thread went to sleep */
     uint64_t poll_loops;            /* busy-poll iterations of the poll thread */
+    uint64_t pause_ns_last;         /* how long the poll thread stayed parked, last pause */
+    uint64_t pause_ns_max;          /* and the longest pause */
 };
 
 struct vs_fdb_entry {
@@ -168,7 +170,9 @@ int vs_port_set_mac_limit(struct vs_switch *sw, uint32_t port, uint32_t limit);
 int vs_port_set_fd(struct vs_switch *sw, uint32_t port, int fd);
 int vs_port_set_features(struct vs_switch *sw, uint32_t port, uint64_t features);
 /* Map a new memory table; the old one is unmapped only once the new one is
- * in place and every ring has been translated again. */
+ * in place and every ring has been translated again.  -EPERM: a region's
+ * file could be sealed against shrinking (F_SEAL_SHRINK) but is not.  A
+ * fault in a file that cannot be sealed (hugetlbfs) breaks the port. */
 int vs_port_set_mem(struct vs_switch *sw, uint32_t port,
                     const struct vs_mem_region *regions, uint32_t n);
 uint32_t vs_port_state(struct vs_switch *sw, uint32_t port);
@@ -222,9 +226,32 @@ uint32_t vs_capture_read(struct vs_switch *sw, uint32_t port, uint8_t *buf, uint
  * vs_fdb_set_max_age must happen between vs_run_pause() (which returns once
  * the loop is parked) and vs_run_resume(). */
 int vs_run(struct vs_switch *sw, uint32_t idle_us, uint32_t linger_ns);
-void vs_run_pause(struct vs_switch *sw);
+/* Returns 0 once the loop is parked, or -ETIMEDOUT if it was not within
+ * timeout_ms: the request is withdrawn (no resume follows), nothing may be
+ * changed, and a watchdog has looked at what held the thread (vs_run.c):
+ * a port it was found working in all along is broken when the thread gets
+ * out of it. */
+int vs_run_pause(struct vs_switch *sw, uint32_t timeout_ms);
 void vs_run_resume(struct vs_switch *sw);
 void vs_run_stop(struct vs_switch *sw);
+/* The port the poll thread is serving now, or -1. */
+int vs_run_serving(struct vs_switch *sw);
+/* Tests only: the next time the thread serves port, it spins there for ms
+ * first, as a thread held up in one port would. */
+void vs_debug_stall(struct vs_switch *sw, uint32_t port, uint32_t ms);
+
+/* Peer eventfds.  The switch never blocks on one, whatever its flags (the
+ * front end shares the open file description and can clear O_NONBLOCK).
+ * vs_efd_signal adds 1 to a peer's eventfd (an error eventfd): 1 done, 0
+ * the counter was full (signalled already) or the write had to be
+ * interrupted, or a negative errno.  vs_watchdog, called from a thread of
+ * its own every half second or so (safe while anything else runs),
+ * interrupts a read or write of a peer's eventfd that it finds under way
+ * twice running (the peer raced the non-blocking check: vs_peer.c); it
+ * returns the port of that eventfd (VS_MAX_PORTS for vs_efd_signal's), or
+ * -1 when nothing was stuck. */
+int vs_efd_signal(struct vs_switch *sw, int fd);
+int vs_watchdog(struct vs_switch *sw);
 
 /* MAC table. */
 int vs_fdb_add(struct vs_switch *sw, uint64_t mac, uint16_t vlan, uint32_t port, int is_static);
@@ -232,6 +259,8 @@ int vs_fdb_del(struct vs_switch *sw, uint64_t mac, uint16_t vlan);
 /* port == -1 flushes every port; static entries go only with include_static. */
 uint32_t vs_fdb_flush(struct vs_switch *sw, int port, int include_static);
 uint32_t vs_fdb_dump(struct vs_switch *sw, struct vs_fdb_entry *out, uint32_t max);
+/* One entry: 0 and *out filled, or -ENOENT. */
+int vs_fdb_get(struct vs_switch *sw, uint64_t mac, uint16_t vlan, struct vs_fdb_entry *out);
 /* Remove dynamic entries idle for max_age seconds or more; returns how many. */
 uint32_t vs_fdb_age(struct vs_switch *sw, uint32_t max_age);
 /* The poll thread's aging (0 = none, the default): it sweeps the table a

@@ -216,6 +216,20 @@ uint32_t vs_fdb_expire_some(struct vs_fdb *fdb, uint32_t now, uint32_t max_age, 
     return removed;
 }
 
+int vs_fdb_entry_of(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan, uint32_t now,
+                    struct vs_fdb_entry *out)
+{
+    const struct fdb_slot *s = fdb_find(fdb, fdb_key(mac, vlan));
+    if (!s)
+        return -ENOENT;
+    out->mac = s->key & VS_MAC_MASK;
+    out->vlan = (uint16_t)((s->key >> 48) & VS_VLAN_MAX);
+    out->port = s->port;
+    out->flags = s->flags;
+    out->age = now - s->seen;
+    return 0;
+}
+
 uint32_t vs_fdb_read(const struct vs_fdb *fdb, uint32_t now, struct vs_fdb_entry *out,
                      uint32_t max)
 {

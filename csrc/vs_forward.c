@@ -8,7 +8,8 @@
  * (vs_run.c) calls vs_serve itself. */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <unistd.h>
+#include <setjmp.h>
+#include <time.h>
 
 #include "vs_internal.h"
 
@@ -46,7 +47,9 @@ void vs_flush_signals(struct vs_switch *sw)
         struct vs_port *p = &sw->ports[sw->signal[i] / VS_MAX_QUEUES];
         struct vs_vring *vq = &p->vq[sw->signal[i] % VS_MAX_QUEUES];
         vq->signal_due = false;
-        vs_vring_signal(p, vq);
+        /* A port broken since (a guest memory fault) is never touched again. */
+        if (!p->broken)
+            vs_vring_signal(p, vq);
     }
     sw->nsignal = 0;
 }
@@ -181,9 +184,11 @@ int vs_serve(struct vs_switch *sw, uint32_t port, uint32_t budget, bool arm)
                 signal_due(sw, port, VS_QUEUE_TX);
             return total > 0 ? (int)total : n;
         }
+        WRITE_ONCE(sw->flight, consumed);
         forward(sw, port, sw->pkts, (uint32_t)n);
         if (vs_vring_complete(p, vq, consumed))
             signal_due(sw, port, VS_QUEUE_TX);
+        WRITE_ONCE(sw->flight, 0);
         total += (uint32_t)n;
         uint32_t units = (descs + VS_BUDGET_DESCS - 1) / VS_BUDGET_DESCS;
         spent += (units > consumed ? units : consumed) + 1;
@@ -210,32 +215,111 @@ int vs_port_kick(struct vs_switch *sw, uint32_t port, uint32_t q)
     if (!vq)
         return -EINVAL;
     vs_tick(sw);
-    if (p->kind == VS_PORT_TAP) {
-        int n = vs_serve(sw, port, KICK_BUDGET, true);
-        vs_flush_signals(sw);
-        return n;
-    }
-    if (vq->kick_fd >= 0) {
-        uint64_t v;
-        if (read(vq->kick_fd, &v, sizeof(v)) == sizeof(v))
-            p->st.kicks++;
-    }
+    if (p->kind == VS_PORT_TAP)
+        return vs_serve_guarded(sw, (int32_t)port, KICK_BUDGET, true);
+    /* The front end can read the count away first, or clear O_NONBLOCK:
+     * never a blocking read (vs_peer.c). */
+    if (vq->kick_fd >= 0 && vs_efd_take(sw, port, vq->kick_fd))
+        p->st.kicks++;
     if (vs_queue_is_rx(q))
         return 0;   /* RX buffers added: nothing waits for them, we never queue */
-    int n = vs_serve(sw, port, KICK_BUDGET, true);
-    vs_flush_signals(sw);
-    return n;
+    return vs_serve_guarded(sw, (int32_t)port, KICK_BUDGET, true);
 }
 
 int vs_poll(struct vs_switch *sw, uint32_t budget)
 {
-    int total = 0;
     vs_tick(sw);
+    return vs_serve_guarded(sw, -1, budget, true);
+}
+
+/* The test-only stall (vs_debug_stall): spin in this port, checking nothing,
+ * as a port the thread could not get out of would. */
+static void debug_stall(struct vs_switch *sw)
+{
+    uint32_t ms = __atomic_exchange_n(&sw->run.stall_ms, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&sw->run.stall_port, -1, __ATOMIC_RELAXED);
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int64_t ns;
+    do {
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        ns = (int64_t)(t.tv_sec - t0.tv_sec) * 1000000000 + (t.tv_nsec - t0.tv_nsec);
+    } while (ns < (int64_t)ms * 1000000);
+}
+
+/* Serves port id, as the watchdog sees it. */
+static int serve_one(struct vs_switch *sw, uint32_t id, uint32_t budget, bool arm)
+{
+    struct vs_runner *r = &sw->run;
+    /* Where the watchdog (vs_run_pause) finds the thread if it stays. */
+    __atomic_store_n(&r->serving, (int32_t)id, __ATOMIC_RELAXED);
+    if (__builtin_expect(__atomic_load_n(&r->stall_port, __ATOMIC_RELAXED) == (int32_t)id, 0))
+        debug_stall(sw);
+    int n = vs_serve(sw, id, budget, arm);
+    if (__builtin_expect(__atomic_load_n(&r->wedged, __ATOMIC_RELAXED) == (int32_t)id, 0)) {
+        vs_port_break(&sw->ports[id], "the switch spent longer than a pause may wait serving "
+                                      "this port (watchdog)");
+        __atomic_store_n(&r->wedged, -1, __ATOMIC_RELAXED);
+        n = -EIO;
+    }
+    return n;
+}
+
+static int serve_ports(struct vs_switch *sw, int32_t only, uint32_t budget, bool arm)
+{
+    if (only >= 0)
+        return serve_one(sw, (uint32_t)only, budget, arm);
+    int total = 0;
     for (uint32_t k = 0; k < sw->nopen; k++) {
-        int n = vs_serve(sw, sw->open_ids[k], budget, true);
+        int n = serve_one(sw, sw->open_ids[k], budget, arm);
         if (n > 0)
             total += n;
     }
-    vs_flush_signals(sw);
     return total;
+}
+
+int vs_serve_guarded(struct vs_switch *sw, int32_t port, uint32_t budget, bool arm)
+{
+    struct vs_guard g;
+    volatile int rc = 0;
+    vs_guard_enter(&g, sw);
+    if (sigsetjmp(g.env, 0) == 0) {
+        rc = serve_ports(sw, port, budget, arm);
+    } else {
+        /* A port's memory faulted (it is broken now): finish the burst
+         * without it.  Another fault on the way comes back here. */
+        vs_guard_fault(&g);
+        vs_forward_recover(sw);
+        rc = port >= 0 && sw->ports[port].broken ? -EIO : 1;
+    }
+    vs_flush_signals(sw);
+    __atomic_store_n(&sw->run.serving, -1, __ATOMIC_RELAXED);
+    vs_guard_leave(&g);
+    return rc;
+}
+
+void vs_forward_recover(struct vs_switch *sw)
+{
+    int32_t in = __atomic_load_n(&sw->run.serving, __ATOMIC_RELAXED);
+    struct vs_port *ip = in >= 0 ? &sw->ports[in] : NULL;
+    /* The burst's frames lie in the served port's memory (or in our own
+     * buffers, for a TAP): if that is what faulted, they are gone. */
+    bool lost = !ip || ip->broken;
+    for (uint32_t k = 0; k < sw->ndirty; k++) {
+        struct vs_port *d = &sw->ports[sw->dirty[k]];
+        uint32_t n = d->npending;
+        d->npending = 0;    /* first: a fault below must not deliver twice */
+        if (n == 0 || lost || !d->open || !can_take(d))
+            continue;
+        if (d->kind == VS_PORT_TAP)
+            vs_tap_enqueue(d, d->pending, n);
+        else if (vs_vring_enqueue(d, &d->vq[VS_QUEUE_RX], d->pending, n) > 0)
+            signal_due(sw, sw->dirty[k], VS_QUEUE_RX);
+    }
+    sw->ndirty = 0;
+    uint32_t consumed = READ_ONCE(sw->flight);
+    WRITE_ONCE(sw->flight, 0);
+    if (ip && ip->kind == VS_PORT_VHOST && !ip->broken && consumed > 0 &&
+        vs_vring_complete(ip, &ip->vq[VS_QUEUE_TX], consumed))
+        signal_due(sw, (uint32_t)in, VS_QUEUE_TX);
 }

@@ -2,9 +2,11 @@
 #ifndef VS_INTERNAL_H
 #define VS_INTERNAL_H
 
+#include <setjmp.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <time.h>
 
 #include "fastpath.h"
@@ -146,9 +148,12 @@ struct vs_capture {
     uint64_t tail;          /* written by the reader */
 };
 
+struct vs_switch;
+
 struct vs_port {
     bool open;
     uint32_t id;
+    struct vs_switch *sw;   /* the switch it belongs to (fault guards, peer I/O) */
     uint32_t kind;
     uint32_t mtu;
     uint32_t mac_limit;
@@ -161,6 +166,7 @@ struct vs_port {
     bool indirect;
     bool broken;
     const char *error;
+    char errbuf[160];       /* error, when it is built at run time (vs_guard_fault) */
     struct vs_mem mem;
     struct vs_vring vq[VS_MAX_QUEUES];
     struct vs_port_stats st;
@@ -205,17 +211,56 @@ enum vs_learn {
     VS_LEARN_FULL,          /* not learned: the table is full */
 };
 
-/* vs_run.c: the poll thread's state. */
+/* vs_run.c: the poll thread's state.  Fields other threads read or write
+ * (the pauser, the watchdog) are accessed with __atomic builtins. */
 struct vs_runner {
     int epfd;
     int ctl_fd;             /* wakes the loop: pause, resume, stop */
     int ack_fd;             /* the loop is parked */
     int pause_req;
-    int resume_seq;
+    uint32_t pause_seq;     /* one per vs_run_pause */
+    uint32_t resume_seq;    /* one per resume, and per pause withdrawn */
+    uint64_t parked;        /* pause_seq << 32 | resume_seq of the park under way */
     int stop_req;
     bool running;
     uint32_t polled;        /* TX rings with no kick eventfd: woken for by a timer */
     uint32_t max_age;       /* MAC table aging, 0 = none (atomic: vs_fdb_set_max_age) */
+    /* What the watchdog looks at (vs_run_pause): */
+    pid_t tid;              /* the poll thread's */
+    clockid_t cpu_clock;    /* its CPU-time clock */
+    uint64_t beat;          /* poll loops so far */
+    int32_t serving;        /* the port it serves now, or -1 */
+    int32_t wedged;         /* a port the watchdog found it stuck in: to break, or -1 */
+    int32_t stall_port;     /* vs_debug_stall: spin once in this port (tests), or -1 */
+    uint32_t stall_ms;
+};
+
+/* vs_peer.c: a system call on a descriptor a peer shares with us (its
+ * eventfds), watched so the watchdog can interrupt one that blocks.  seq is
+ * odd while a call is under way; thread and port say whose. */
+struct vs_peer_io {
+    uint64_t seq;
+    uint64_t seen;          /* the watchdog's last look at seq */
+    pid_t tid;
+    uint32_t port;
+};
+
+/* vs_peer.c: recovery from a fault in guest memory (SIGBUS: the front end
+ * truncated a file it had handed over).  Code that touches guest memory runs
+ * between vs_guard_enter and vs_guard_leave, after a sigsetjmp(env, 0) that
+ * the handler jumps back to when the faulting address lies in a mapping of
+ * one of the switch's ports; that port is then broken (vs_guard_fault) and
+ * never touched again, so each fault costs one port.  A fault anywhere else
+ * is left to the handler that was there before (the process dies as it
+ * would have).  env is saved without the signal mask (no syscall): the
+ * handler runs with SA_NODEFER, so nothing is left blocked after the jump. */
+struct vs_guard {
+    sigjmp_buf env;
+    struct vs_switch *sw;
+    struct vs_guard *outer;
+    volatile int32_t fault_port;
+    volatile uintptr_t fault_addr;
+    volatile uint32_t faults;   /* recoveries through this guard */
 };
 
 struct vs_switch {
@@ -229,6 +274,12 @@ struct vs_switch {
     uint32_t nsignal;               /* rings with signal_due: port * VS_MAX_QUEUES + queue */
     uint32_t signal[VS_MAX_PORTS * VS_MAX_QUEUES];
     struct vs_runner run;
+    struct vs_peer_io io;       /* the data path's (poll thread, or kicks from the loop) */
+    struct vs_peer_io io_ctl;   /* vs_efd_signal's: the control plane runs beside the thread */
+    /* Chains taken from the TX ring of the port being served (run.serving)
+     * and not given back yet: a fault in another port's memory while they
+     * are forwarded gives them back (vs_forward_recover). */
+    uint32_t flight;
     struct vs_pkt pkts[VS_BURST];
     uint8_t bufs[VS_BURST][VS_PKT_SIZE];    /* pkts[i].buf, or another slot's after a swap */
     struct vs_port ports[VS_MAX_PORTS];
@@ -317,6 +368,21 @@ uint32_t vs_vring_enqueue(struct vs_port *p, struct vs_vring *vq, struct vs_pkt 
 int vs_run_init(struct vs_switch *sw);
 void vs_run_destroy(struct vs_switch *sw);
 
+/* vs_peer.c */
+void vs_peer_init(void);
+/* Takes an eventfd's count without blocking, whatever the file's flags (the
+ * front end shares the open file description and can clear O_NONBLOCK):
+ * true if there was one. */
+bool vs_efd_take(struct vs_switch *sw, uint32_t port, int fd);
+/* Adds 1 without blocking: 1 if added, 0 if the counter is full (the peer
+ * is signalled already), -EINTR if the watchdog had to interrupt the write,
+ * another -errno if the write failed. */
+int vs_efd_give(struct vs_switch *sw, uint32_t port, int fd);
+void vs_guard_enter(struct vs_guard *g, struct vs_switch *sw);
+void vs_guard_leave(struct vs_guard *g);
+/* After the jump: breaks the port that faulted, with the address in its error. */
+void vs_guard_fault(struct vs_guard *g);
+
 /* vs_forward.c: forwarding, a burst at a time. */
 /* Serves one port's TX ring (or tap fd) for up to budget frames. */
 int vs_serve(struct vs_switch *sw, uint32_t port, uint32_t budget, bool arm);
@@ -325,6 +391,15 @@ int vs_serve(struct vs_switch *sw, uint32_t port, uint32_t budget, bool arm);
  * for every ring the loop touched, instead of once per ring and burst, then
  * interrupts the guests that want it. */
 void vs_flush_signals(struct vs_switch *sw);
+/* Serves one port (every open port if port < 0) and then interrupts the
+ * guests that want it, recovering from guest memory faults: the event
+ * loop's entry points and the poll thread's loop.  Returns frames taken, or
+ * a negative errno if the one port asked for is broken. */
+int vs_serve_guarded(struct vs_switch *sw, int32_t port, uint32_t budget, bool arm);
+/* Finishes the burst of the port being served after a fault broke a port
+ * (the served one or a destination): frames go on to the other ports, the
+ * served port gets its chains back. */
+void vs_forward_recover(struct vs_switch *sw);
 
 /* vs_capture.c */
 void vs_capture_frame(struct vs_port *p, uint32_t dir, const struct vs_pkt *pkt);
@@ -368,6 +443,9 @@ uint32_t vs_fdb_remove_port(struct vs_fdb *fdb, int port, bool include_static);
  * those among the next n slots from where the last call stopped. */
 uint32_t vs_fdb_expire(struct vs_fdb *fdb, uint32_t now, uint32_t max_age);
 uint32_t vs_fdb_expire_some(struct vs_fdb *fdb, uint32_t now, uint32_t max_age, uint32_t n);
+/* One entry, as vs_fdb_read gives it; -ENOENT if there is none. */
+int vs_fdb_entry_of(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan, uint32_t now,
+                    struct vs_fdb_entry *out);
 uint32_t vs_fdb_read(const struct vs_fdb *fdb, uint32_t now, struct vs_fdb_entry *out,
                      uint32_t max);
 

@@ -2,6 +2,7 @@
  * guest-physical (descriptor) and front-end virtual (ring) addresses. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -37,6 +38,18 @@ static int check_table(const struct vs_mem_region *rg, uint32_t n)
 
 static int map_region(struct vs_region *r, const struct vs_mem_region *in)
 {
+    /* A file that can still be sealed against shrinking but is not could be
+     * truncated under us at any time: refuse it (QEMU's memory-backend-memfd
+     * seals its files, F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL, seal=on by
+     * default).  A file that cannot be sealed (F_SEAL_SEAL set from the
+     * start: hugetlbfs and tmpfs files, a memfd made without
+     * MFD_ALLOW_SEALING, as DPDK's and QEMU's with seal=off; or no seals at
+     * all, EINVAL) is mapped: a fault in it breaks only its port (vs_peer.c).
+     * Seals first, then the size: once F_SEAL_SHRINK is seen, the size
+     * cannot drop below what fstat reads next. */
+    int seals = fcntl(in->fd, F_GET_SEALS);
+    if (seals >= 0 && !(seals & (F_SEAL_SEAL | F_SEAL_SHRINK)))
+        return -EPERM;
     struct stat st;
     if (fstat(in->fd, &st) < 0)
         return -errno;

@@ -5,6 +5,7 @@
  * vs_forward.c. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <setjmp.h>
 #include <string.h>
 
 #include "vs_internal.h"
@@ -27,6 +28,15 @@ static void refresh(struct vs_port *p, struct vs_vring *vq)
      * any TX packets"). */
     if (!vq->enabled && rx)
         return;
+    /* What follows touches guest memory: a front end that truncated its
+     * file breaks its port here, not the switch (vs_peer.c). */
+    struct vs_guard g;
+    vs_guard_enter(&g, p->sw);
+    if (sigsetjmp(g.env, 0) != 0) {
+        vs_guard_fault(&g);
+        vs_guard_leave(&g);
+        return;
+    }
     vq->ready = vq->enabled;
     vq->drain = !vq->enabled;
     /* Buffers added to an RX ring never need our attention (frames that
@@ -43,6 +53,7 @@ static void refresh(struct vs_port *p, struct vs_vring *vq)
             vq->last_avail = vq->last_used = used;
         vq->signalled_valid = false;
     }
+    vs_guard_leave(&g);
 }
 
 static void refresh_all(struct vs_port *p)
@@ -63,6 +74,7 @@ int vs_port_open(struct vs_switch *sw, uint32_t port, uint32_t kind, uint32_t mt
         vs_vring_init(&p->vq[q]);
     p->open = true;
     p->id = port;
+    p->sw = sw;
     p->kind = kind;
     p->fd = -1;
     p->mtu = mtu;

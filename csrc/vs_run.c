@@ -36,10 +36,37 @@
  *
  * It also ages the MAC table, a slice at a time (vs_fdb_set_max_age):
  * sweeping a big table in one go, or parking the loop for it, would stall
- * every port for milliseconds each second. */
+ * every port for milliseconds each second.
+ *
+ * Pauses are bounded, with a watchdog.  A pause normally waits for the end
+ * of one loop, microseconds.  vs_run_pause(timeout_ms) waits that long at
+ * most; then it withdraws the request (the loop goes on as if never asked,
+ * and a park that raced with the withdrawal ends at once: the pauser waits
+ * for an acknowledgement naming both its pause and the resume count it
+ * started from, so a late one can never pass for its own) and returns
+ * -ETIMEDOUT, and the caller changes nothing.  Before returning it looks at
+ * what held the thread up:
+ *   - a system call on a peer's eventfd under way (sw->io, vs_peer.c): the
+ *     thread is interrupted (VS_SIGWAKE), the call fails with EINTR, and the
+ *     port whose eventfd it was is broken;
+ *   - the same port served all along (run.serving, with no loop completed:
+ *     run.beat) while the thread's CPU clock ran for at least half the
+ *     wait: the thread is working in that port, not preempted; it is asked
+ *     (run.wedged) to break the port as soon as it returns from it;
+ *   - anything else (the thread preempted on a loaded host, or blocked
+ *     where we cannot see: a page fault on a slow file): nothing is broken,
+ *     the caller is told and may try again.
+ * The thread cannot be stopped in the middle of a port from outside: what
+ * the watchdog guarantees is that the control plane never waits more than
+ * the bound, and that a port which keeps the thread busy is broken once the
+ * thread gets out of it.  vs_debug_stall makes the thread spin in one port,
+ * for tests: after the fixes to peer I/O and to guest memory faults, no
+ * peer action is known to hold the thread that long. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
+#include <setjmp.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <time.h>
@@ -91,7 +118,7 @@ static void stamp(uint64_t *t, uint64_t *c)
 /* TSC ticks per linger_ns, measured against the monotonic clock (1 ms). */
 static uint64_t linger_ticks(uint64_t linger_ns)
 {
-    uint64_t t0, c0, t1, c1;
+    uint64_t t0 = 0, c0 = 0, t1 = 0, c1 = 0;   /* stamp() sets them */
     stamp(&t0, &c0);
     while (now_ns() - t0 < 1000000u)
         ;
@@ -126,7 +153,7 @@ static void efd_write(int fd)
         ;
 }
 
-/* Blocks until fd (non-blocking) has a count, then takes it. */
+/* Blocks until fd (non-blocking, one of our own) has a count, then takes it. */
 static void efd_read(int fd)
 {
     uint64_t v;
@@ -175,16 +202,26 @@ static bool park(struct vs_switch *sw)
     struct vs_runner *r = &sw->run;
     /* Leave on a resume, not on pause_req dropping: a resume followed at
      * once by the next pause must still get its own acknowledgement. */
-    int seq = __atomic_load_n(&r->resume_seq, __ATOMIC_ACQUIRE);
+    uint32_t seq = __atomic_load_n(&r->resume_seq, __ATOMIC_ACQUIRE);
+    /* Withdrawn (vs_run_pause timed out) before we got here: go on. */
+    if (!__atomic_load_n(&r->pause_req, __ATOMIC_ACQUIRE))
+        return true;
+    uint64_t pause = __atomic_load_n(&r->pause_seq, __ATOMIC_ACQUIRE);
+    uint64_t t0 = now_ns();
+    __atomic_store_n(&r->parked, pause << 32 | seq, __ATOMIC_RELEASE);
     efd_write(r->ack_fd);
     while (__atomic_load_n(&r->resume_seq, __ATOMIC_ACQUIRE) == seq &&
            !__atomic_load_n(&r->stop_req, __ATOMIC_ACQUIRE))
         efd_read(r->ctl_fd);
+    uint64_t dt = now_ns() - t0;
+    sw->st.pause_ns_last = dt;
+    if (dt > sw->st.pause_ns_max)
+        sw->st.pause_ns_max = dt;
     return !__atomic_load_n(&r->stop_req, __ATOMIC_ACQUIRE);
 }
 
 /* Arms every TX ring for kicks; true if one of them has work after all. */
-static bool arm_all(struct vs_switch *sw)
+static bool arm_rings(struct vs_switch *sw)
 {
     bool work = false;
     for (uint32_t k = 0; k < sw->nopen; k++) {
@@ -196,6 +233,21 @@ static bool arm_all(struct vs_switch *sw)
         if (__atomic_load_n(&vq->avail->idx, __ATOMIC_ACQUIRE) != vq->last_avail)
             work = true;
     }
+    return work;
+}
+
+/* arm_rings, recovering from a fault in a port's memory (it reads and
+ * writes every TX ring): the port is broken, and the loop looks again. */
+static bool arm_all(struct vs_switch *sw)
+{
+    struct vs_guard g;
+    volatile bool work = true;
+    vs_guard_enter(&g, sw);
+    if (sigsetjmp(g.env, 0) == 0)
+        work = arm_rings(sw);
+    else
+        vs_guard_fault(&g);
+    vs_guard_leave(&g);
     return work;
 }
 
@@ -248,8 +300,9 @@ static bool sleep_until_kicked(struct vs_switch *sw)
             continue;
         }
         struct vs_port *p = &sw->ports[id];
-        uint64_t v;
-        if (read(p->vq[q].kick_fd, &v, sizeof(v)) == sizeof(v))
+        /* Readable a moment ago, but the front end shares the eventfd and
+         * may have read it since, with O_NONBLOCK cleared (vs_peer.c). */
+        if (vs_efd_take(sw, id, p->vq[q].kick_fd))
             p->st.kicks++;
     }
     return n == 0;
@@ -261,6 +314,9 @@ int vs_run(struct vs_switch *sw, uint32_t idle_us, uint32_t linger_ns)
     if (r->running)
         return -EBUSY;
     r->running = true;
+    if (pthread_getcpuclockid(pthread_self(), &r->cpu_clock) != 0)
+        r->cpu_clock = CLOCK_THREAD_CPUTIME_ID;     /* means none: no CPU check */
+    __atomic_store_n(&r->tid, gettid(), __ATOMIC_RELEASE);
     int rc = rebuild(sw);
     uint64_t idle_ns = (uint64_t)idle_us * 1000u, idle_since = 0;
     uint32_t loops = 0;
@@ -279,6 +335,7 @@ int vs_run(struct vs_switch *sw, uint32_t idle_us, uint32_t linger_ns)
             continue;
         }
         sw->st.poll_loops++;
+        __atomic_store_n(&r->beat, sw->st.poll_loops, __ATOMIC_RELAXED);
         /* Clocks cost more than an empty poll here (tens of ns in a VM):
          * the MAC table's seconds are refreshed and a slice of it aged
          * every 256 loops, and the idle time is looked at on every 16th
@@ -287,13 +344,7 @@ int vs_run(struct vs_switch *sw, uint32_t idle_us, uint32_t linger_ns)
             vs_tick(sw);
             age(sw, &aged);
         }
-        int total = 0;
-        for (uint32_t k = 0; k < sw->nopen; k++) {
-            int n = vs_serve(sw, sw->open_ids[k], RUN_BUDGET, false);
-            if (n > 0)
-                total += n;
-        }
-        vs_flush_signals(sw);
+        int total = vs_serve_guarded(sw, -1, RUN_BUDGET, false);
         if (total < LINGER_BELOW && ticks)
             linger(ticks);
         if (total > 0) {
@@ -325,16 +376,75 @@ int vs_run(struct vs_switch *sw, uint32_t idle_us, uint32_t linger_ns)
     uint64_t stale;
     while (read(r->ctl_fd, &stale, sizeof(stale)) > 0)
         ;
+    __atomic_store_n(&r->tid, 0, __ATOMIC_RELAXED);
     r->running = false;
     return rc;
 }
 
-void vs_run_pause(struct vs_switch *sw)
+static uint64_t thread_cpu_ns(struct vs_runner *r)
+{
+    struct timespec ts;
+    if (!__atomic_load_n(&r->tid, __ATOMIC_ACQUIRE) || r->cpu_clock == CLOCK_THREAD_CPUTIME_ID ||
+        clock_gettime(r->cpu_clock, &ts) < 0)
+        return 0;
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* After a pause that timed out: what held the thread (see the top). */
+static void watchdog(struct vs_switch *sw, uint64_t beat0, int32_t serving0, uint64_t cpu0,
+                     uint64_t waited_ns)
 {
     struct vs_runner *r = &sw->run;
+    /* Twice: vs_watchdog acts on a call it has seen under way before. */
+    if (vs_watchdog(sw) >= 0 || vs_watchdog(sw) >= 0)
+        return;
+    int32_t serving = __atomic_load_n(&r->serving, __ATOMIC_RELAXED);
+    uint64_t cpu = thread_cpu_ns(r);
+    if (serving >= 0 && serving == serving0 &&
+        __atomic_load_n(&r->beat, __ATOMIC_RELAXED) == beat0 && cpu0 && cpu - cpu0 >= waited_ns / 2)
+        __atomic_store_n(&r->wedged, serving, __ATOMIC_RELAXED);
+}
+
+int vs_run_pause(struct vs_switch *sw, uint32_t timeout_ms)
+{
+    struct vs_runner *r = &sw->run;
+    uint32_t resume = __atomic_load_n(&r->resume_seq, __ATOMIC_RELAXED);
+    uint32_t pause = __atomic_add_fetch(&r->pause_seq, 1, __ATOMIC_RELEASE);
+    uint64_t want = (uint64_t)pause << 32 | resume;
+    uint64_t beat0 = __atomic_load_n(&r->beat, __ATOMIC_RELAXED);
+    int32_t serving0 = __atomic_load_n(&r->serving, __ATOMIC_RELAXED);
+    uint64_t cpu0 = thread_cpu_ns(r);
+    uint64_t t0 = now_ns(), limit = (uint64_t)timeout_ms * 1000000u;
     __atomic_store_n(&r->pause_req, 1, __ATOMIC_RELEASE);
     efd_write(r->ctl_fd);
-    efd_read(r->ack_fd);
+    for (;;) {
+        if (__atomic_load_n(&r->parked, __ATOMIC_ACQUIRE) == want)
+            return 0;
+        uint64_t dt = now_ns() - t0;
+        if (dt >= limit)
+            break;
+        struct pollfd pfd = {.fd = r->ack_fd, .events = POLLIN};
+        poll(&pfd, 1, (int)((limit - dt + 999999) / 1000000));
+        uint64_t v;
+        (void)!read(r->ack_fd, &v, sizeof(v));  /* ours, non-blocking; stale acks too */
+    }
+    /* Withdraw: pause_req first, then the resume count the park waits on. */
+    __atomic_store_n(&r->pause_req, 0, __ATOMIC_RELEASE);
+    __atomic_add_fetch(&r->resume_seq, 1, __ATOMIC_RELEASE);
+    efd_write(r->ctl_fd);
+    watchdog(sw, beat0, serving0, cpu0, now_ns() - t0);
+    return -ETIMEDOUT;
+}
+
+int vs_run_serving(struct vs_switch *sw)
+{
+    return __atomic_load_n(&sw->run.serving, __ATOMIC_RELAXED);
+}
+
+void vs_debug_stall(struct vs_switch *sw, uint32_t port, uint32_t ms)
+{
+    __atomic_store_n(&sw->run.stall_ms, ms, __ATOMIC_RELAXED);
+    __atomic_store_n(&sw->run.stall_port, (int32_t)port, __ATOMIC_RELAXED);
 }
 
 void vs_run_resume(struct vs_switch *sw)
@@ -371,6 +481,7 @@ int vs_run_init(struct vs_switch *sw)
 {
     struct vs_runner *r = &sw->run;
     r->epfd = -1;
+    r->serving = r->wedged = r->stall_port = -1;
     r->ctl_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     r->ack_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (r->ctl_fd < 0 || r->ack_fd < 0)

@@ -10,6 +10,7 @@
 
 struct vs_switch *vs_switch_new(uint32_t fdb_size)
 {
+    vs_peer_init();
     struct vs_switch *sw = calloc(1, sizeof(*sw));
     if (!sw)
         return NULL;
@@ -73,6 +74,14 @@ uint32_t vs_fdb_age(struct vs_switch *sw, uint32_t max_age)
     uint32_t n = vs_fdb_expire(&sw->fdb, sw->now, max_age);
     sw->st.fdb_aged += n;
     return n;
+}
+
+int vs_fdb_get(struct vs_switch *sw, uint64_t mac, uint16_t vlan, struct vs_fdb_entry *out)
+{
+    if (vlan > VS_VLAN_MAX || mac > VS_MAC_MASK)
+        return -EINVAL;
+    vs_tick(sw);
+    return vs_fdb_entry_of(&sw->fdb, mac, vlan, sw->now, out);
 }
 
 uint32_t vs_fdb_dump(struct vs_switch *sw, struct vs_fdb_entry *out, uint32_t max)

@@ -4,7 +4,6 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "vs_ring.h"
 
@@ -84,9 +83,14 @@ void vs_vring_signal(struct vs_port *p, struct vs_vring *vq)
     vq->signalled_used = vq->last_used;
     vq->signalled_valid = true;
     if (vq->call_fd >= 0) {
-        uint64_t one = 1;
-        if (write(vq->call_fd, &one, sizeof(one)) == sizeof(one))
+        /* Never a blocking write: the front end shares this eventfd and can
+         * fill its counter and clear O_NONBLOCK (vs_peer.c). */
+        int rc = vs_efd_give(p->sw, p->id, vq->call_fd);
+        if (rc > 0)
             p->st.calls++;
+        else if (rc == -EINTR)
+            vs_port_break(p, "its call eventfd blocked the switch's write (the front end "
+                             "filled the counter and cleared O_NONBLOCK)");
     }
 }
 

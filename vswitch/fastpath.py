@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -31,6 +32,29 @@ CAP_HDR = ffi.sizeof("struct vs_cap_hdr")
 
 PORT_STAT_FIELDS = [f for f, _ in ffi.typeof("struct vs_port_stats").fields]
 SWITCH_STAT_FIELDS = [f for f, _ in ffi.typeof("struct vs_switch_stats").fields]
+
+
+log = logging.getLogger("vswitch.fastpath")
+
+# How long the control plane waits for the poll thread to park.  It parks
+# within microseconds; a thread that takes this long is held up somewhere
+# (see vs_run_pause in csrc/vs_run.c), and the change is refused instead.
+PAUSE_TIMEOUT_MS = 200
+# How often the watchdog thread looks for a system call on a peer's eventfd
+# that does not return (csrc/vs_peer.c).
+WATCHDOG_INTERVAL = 0.5
+
+
+class PollThreadStuck(OSError):
+    """The poll thread did not park within PAUSE_TIMEOUT_MS: nothing was changed."""
+
+    def __init__(self, port: int) -> None:
+        where = f" (it was serving port {port})" if port >= 0 else ""
+        super().__init__(
+            errno.ETIMEDOUT,
+            f"the poll thread did not park within {PAUSE_TIMEOUT_MS} ms{where}",
+        )
+        self.port = port
 
 
 def _check(rc: int, what: str) -> int:
@@ -90,9 +114,12 @@ class Fastpath:
         self._thread: threading.Thread | None = None
         self._thread_rc = 0
         self._pauses = 0
+        self._watchdog: threading.Thread | None = None
+        self._watchdog_stop = threading.Event()
 
     def close(self) -> None:
         self.stop_thread()
+        self.stop_watchdog()
         if self._sw is not None:
             lib.vs_switch_free(self._sw)
             self._sw = None
@@ -119,15 +146,48 @@ class Fastpath:
         self._thread = None
         _check(self._thread_rc, "poll thread")
 
+    def start_watchdog(self, interval: float = WATCHDOG_INTERVAL) -> None:
+        """A thread that interrupts a read or write of a peer's eventfd that
+        does not return (a front end that won the race against the switch's
+        non-blocking check: csrc/vs_peer.c), whichever thread made it, the
+        poll thread's or the event loop's."""
+        if self._watchdog is not None:
+            return
+        self._watchdog_stop.clear()
+        sw = self._sw
+
+        def watch() -> None:
+            while not self._watchdog_stop.wait(interval):
+                port = lib.vs_watchdog(sw)
+                if port >= 0:
+                    log.error(
+                        "watchdog: a system call on a peer's eventfd (port %d) did not return; "
+                        "interrupted",
+                        port,
+                    )
+
+        self._watchdog = threading.Thread(target=watch, name="vswitch-watchdog", daemon=True)
+        self._watchdog.start()
+
+    def stop_watchdog(self) -> None:
+        if self._watchdog is None:
+            return
+        self._watchdog_stop.set()
+        self._watchdog.join()
+        self._watchdog = None
+
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
         """Parks the poll thread for the duration (nests); no-op without one.
-        Parking waits for the current burst at most: microseconds."""
+        Parking waits for the current burst at most: microseconds.  A thread
+        that does not park within PAUSE_TIMEOUT_MS raises PollThreadStuck
+        (nothing runs under the pause; the watchdog in vs_run_pause has
+        looked at what held the thread)."""
         if self._thread is None or not self._thread.is_alive():
             yield
             return
-        if self._pauses == 0:
-            lib.vs_run_pause(self._sw)
+        if self._pauses == 0 and lib.vs_run_pause(self._sw, PAUSE_TIMEOUT_MS) < 0:
+            raise PollThreadStuck(lib.vs_run_serving(self._sw))
         self._pauses += 1
         try:
             yield
@@ -188,7 +248,15 @@ class Fastpath:
             arr[i].user_addr = r.user_addr
             arr[i].mmap_offset = r.mmap_offset
             arr[i].fd = r.fd
-        _check(lib.vs_port_set_mem(self._sw, port, arr, len(regions)), "map guest memory")
+        rc = lib.vs_port_set_mem(self._sw, port, arr, len(regions))
+        if rc == -errno.EPERM:
+            raise OSError(
+                errno.EPERM,
+                "map guest memory: a region's file can be sealed but is not sealed against "
+                "shrinking (F_SEAL_SHRINK), so it could be truncated under the switch; seal it "
+                "as QEMU's memory-backend-memfd does (seal=on, the default)",
+            )
+        _check(rc, "map guest memory")
 
     def state(self, port: int) -> int:
         return lib.vs_port_state(self._sw, port)
@@ -277,8 +345,20 @@ class Fastpath:
         _check(lib.vs_fdb_add(self._sw, mac, vlan, port, int(static)), f"add MAC {mac:012x}")
 
     @_parked
-    def fdb_del(self, mac: int, *, vlan: int = 0) -> bool:
-        return lib.vs_fdb_del(self._sw, mac, vlan) == 0
+    def fdb_del(self, mac: int, *, vlan: int = 0) -> FdbEntry | None:
+        """Removes one entry; returns it as it was, or None if there was none."""
+        out = ffi.new("struct vs_fdb_entry *")
+        if lib.vs_fdb_get(self._sw, mac, vlan, out) < 0:
+            return None
+        lib.vs_fdb_del(self._sw, mac, vlan)
+        return _entry(out[0])
+
+    @_parked
+    def fdb_get(self, mac: int, *, vlan: int = 0) -> FdbEntry | None:
+        out = ffi.new("struct vs_fdb_entry *")
+        if lib.vs_fdb_get(self._sw, mac, vlan, out) < 0:
+            return None
+        return _entry(out[0])
 
     @_parked
     def fdb_flush(self, port: int = -1, *, include_static: bool = False) -> int:
@@ -293,18 +373,30 @@ class Fastpath:
         no parking needed."""
         lib.vs_fdb_set_max_age(self._sw, max_age)
 
-    @_parked
     def fdb_dump(self) -> list[FdbEntry]:
-        n = self.switch_stats()["fdb_entries"]
-        buf = ffi.new("struct vs_fdb_entry[]", max(n, 1))
-        got = lib.vs_fdb_dump(self._sw, buf, n)
-        return [
-            FdbEntry(
-                mac=buf[i].mac,
-                vlan=buf[i].vlan,
-                port=buf[i].port,
-                age=buf[i].age,
-                static=bool(buf[i].flags & lib.VS_FDB_STATIC),
-            )
-            for i in range(got)
-        ]
+        """The whole table.  The poll thread is parked only while C copies it
+        into a buffer (about a millisecond for 65,536 entries); the Python
+        objects are made after it runs again."""
+        while True:
+            # Room for what is there now and some learned meanwhile; if even
+            # that is short, try again with the count read under the pause.
+            want = self.switch_stats()["fdb_entries"]
+            room = want + want // 8 + 64
+            buf = ffi.new("struct vs_fdb_entry[]", room)
+            with self.paused():
+                n = self.switch_stats()["fdb_entries"]
+                got = lib.vs_fdb_dump(self._sw, buf, room)
+            if n <= room:
+                break
+        return [_entry(buf[i]) for i in range(got)]
+
+    def efd_signal(self, fd: int) -> bool:
+        """Adds 1 to a peer's eventfd without ever blocking on it (see
+        vs_efd_signal): False when the counter was full, which is signalled."""
+        return _check(lib.vs_efd_signal(self._sw, fd), "eventfd write") > 0
+
+
+def _entry(e: Any) -> FdbEntry:
+    return FdbEntry(
+        mac=e.mac, vlan=e.vlan, port=e.port, age=e.age, static=bool(e.flags & lib.VS_FDB_STATIC)
+    )

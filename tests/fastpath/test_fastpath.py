@@ -464,7 +464,8 @@ def _poll_thread_scenario() -> None:
         assert wait_for(lambda: sw.stats()["poll_sleeps"] > sleeps)
         assert a.stats()["kicks"] >= 1
 
-        lib.vs_run_pause(sw.sw)  # returns once parked: the control plane owns the switch
+        # Returns once parked: the control plane owns the switch.
+        assert lib.vs_run_pause(sw.sw, 5000) == 0
         _send_kicked(a, eth(BCAST, MA, 72))
         time.sleep(0.05)
         assert b.rx.pending_used() == 2, "frames moved while the loop was parked"
@@ -490,7 +491,7 @@ def _poll_thread_restart_scenario() -> None:
         assert run.thread.is_alive(), f"vs_run returned {run.rc} at once after a restart"
         _send_kicked(a, eth(BCAST, MA, 80))
         assert wait_for(lambda: b.rx.pending_used() == 1), "a restarted loop forwards nothing"
-        lib.vs_run_pause(sw.sw)
+        assert lib.vs_run_pause(sw.sw, 5000) == 0
         lib.vs_run_resume(sw.sw)
         assert run.stop() == 0
 

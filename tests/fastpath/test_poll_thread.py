@@ -3,6 +3,7 @@ idle, and parks for control-plane changes."""
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -10,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from vswitch.fastpath import Fastpath
 from vswitch.testkit.virtio_driver import Q_RX, Q_TX, Switch, eth, lib, mac_int, net_hdr
 
 MA, MB = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
@@ -80,7 +82,7 @@ def test_forwards_sleeps_when_idle_and_parks_for_changes(sw: Switch) -> None:
         assert run.stats()["poll_loops"] - loops0 < 10
 
         # A control-plane change while the thread runs: park, reconfigure, resume.
-        lib.vs_run_pause(sw.sw)
+        assert lib.vs_run_pause(sw.sw, 5000) == 0
         b.reset()
         b.setup()
         lib.vs_run_resume(sw.sw)
@@ -147,7 +149,7 @@ def test_pause_resume_storm(sw: Switch) -> None:
     b.post_rx(64)
     with Runner(sw, idle_us=0):
         for i in range(5000):
-            lib.vs_run_pause(sw.sw)
+            assert lib.vs_run_pause(sw.sw, 5000) == 0
             if i % 500 == 0:
                 a.tx.add_tx(eth(MB, MA, 64), net_hdr(12))
                 os.eventfd_write(a.kick_fds[Q_TX], 1)
@@ -165,7 +167,7 @@ def test_stays_asleep_after_pauses(sw: Switch) -> None:
     a.post_rx(8)
     with Runner(sw, idle_us=100) as run:
         for _ in range(3000):
-            lib.vs_run_pause(sw.sw)
+            assert lib.vs_run_pause(sw.sw, 5000) == 0
             lib.vs_run_resume(sw.sw)
         time.sleep(0.1)
         sleeps, loops = run.stats()["poll_sleeps"], run.stats()["poll_loops"]
@@ -176,7 +178,7 @@ def test_stays_asleep_after_pauses(sw: Switch) -> None:
 
 def fdb_macs(sw: Switch) -> set[int]:
     """The MAC table, read with the thread parked (it may be changing it)."""
-    lib.vs_run_pause(sw.sw)
+    assert lib.vs_run_pause(sw.sw, 5000) == 0
     try:
         return set(sw.fdb())
     finally:
@@ -217,3 +219,82 @@ def test_thread_ages_the_mac_table_without_parking(sw: Switch) -> None:
         assert mac_int(MB) in fdb_macs(sw)
         assert run.stats()["fdb_aged"] == 2
         assert run.stats()["poll_sleeps"] == sleeps
+
+
+def test_pause_is_bounded_and_the_watchdog_breaks_the_port_that_held_the_thread(
+    sw: Switch,
+) -> None:
+    """A thread held up in one port (here the test-only vs_debug_stall: no
+    peer action is known to do it any more) does not hold the control plane:
+    the pause gives up after its bound, and the port is broken once the
+    thread gets out of it; the others go on."""
+    a, b, c = sw.port(), sw.port(), sw.port()
+    for p in (a, b, c):
+        p.post_rx(64)
+    with Runner(sw, idle_us=100_000):
+        lib.vs_debug_stall(sw.sw, a.id, 1500)
+        a.send(eth(MB, MA, 64), kick=False)
+        os.eventfd_write(a.kick_fds[Q_TX], 1)  # wakes the thread: it serves a, and stays
+        wait_for(lambda: lib.vs_run_serving(sw.sw) == a.id)
+        t0 = time.monotonic()
+        assert lib.vs_run_pause(sw.sw, 150) == -errno.ETIMEDOUT
+        waited = time.monotonic() - t0
+        assert 0.14 <= waited < 1.0, waited
+        assert lib.vs_run_serving(sw.sw) == a.id
+        # Out of the stall: a is broken, by the watchdog.
+        wait_for(lambda: a.broken, timeout=5)
+        assert "watchdog" in a.error
+        # The pause that timed out left nothing behind: pauses work, b and c forward.
+        assert lib.vs_run_pause(sw.sw, 5000) == 0
+        lib.vs_run_resume(sw.sw)
+        c.send(eth(MB, "02:00:00:00:00:0c", 64), kick=False)
+        os.eventfd_write(c.kick_fds[Q_TX], 1)
+        wait_for(lambda: b.rx.pending_used() >= 1)
+        assert not b.broken and not c.broken
+
+
+def test_a_pause_that_times_out_on_a_preempted_thread_breaks_nothing(sw: Switch) -> None:
+    """The watchdog breaks a port only when the thread was found working in
+    it all along: a thread that merely did not get to the pause in time
+    (here it is parked already, by an earlier pause) is not blamed on a port."""
+    a = sw.port()
+    a.post_rx(8)
+    with Runner(sw, idle_us=100):
+        assert lib.vs_run_pause(sw.sw, 5000) == 0
+        # A second pause while the first holds: the thread is parked, not
+        # serving; it times out and must blame nobody.
+        assert lib.vs_run_pause(sw.sw, 50) == -errno.ETIMEDOUT
+        lib.vs_run_resume(sw.sw)
+        time.sleep(0.05)
+        assert not a.broken
+        assert lib.vs_run_pause(sw.sw, 5000) == 0
+        lib.vs_run_resume(sw.sw)
+
+
+def test_fdb_dump_parks_the_thread_only_to_copy(sw: Switch) -> None:
+    """Listing a 65,536-entry MAC table used to park the poll thread while
+    Python built its list (367 ms measured): now C copies it under the pause
+    and the list is built after.  fdb_del looks one entry up in C instead of
+    dumping the table."""
+    fp = Fastpath(65536)
+    try:
+        port = fp.open_port(1500)
+        fp.start_thread(idle_us=100)
+        with fp.paused():
+            for i in range(65536):
+                assert lib.vs_fdb_add(fp._sw, 0x020000000000 + i, 0, port, 1) == 0
+        t0 = time.monotonic()
+        entries = fp.fdb_dump()
+        took = time.monotonic() - t0
+        assert len(entries) == 65536
+        parked = fp.switch_stats()["pause_ns_last"] / 1e9
+        print(f"fdb_dump of 65536 entries: {took * 1000:.0f} ms, parked {parked * 1000:.1f} ms")
+        assert parked < 0.05, f"the poll thread stayed parked {parked * 1000:.0f} ms"
+
+        e = fp.fdb_del(0x020000000000 + 77)
+        assert e is not None and e.port == port and e.static
+        assert fp.switch_stats()["pause_ns_last"] < 5_000_000
+        assert fp.fdb_del(0x020000000000 + 77) is None
+        assert fp.fdb_get(0x020000000000 + 78) is not None
+    finally:
+        fp.close()

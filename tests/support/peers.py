@@ -77,6 +77,7 @@ class SoftGuest:
         features: int = QEMU_FEATURES,
         buf_size: int = 2048,
         poll_tx: bool = False,
+        seals: str = "qemu",
     ) -> None:
         self.path = path
         self.mac = mac
@@ -86,7 +87,7 @@ class SoftGuest:
         # no-fd flag), which asks the back end to poll it.
         self.poll_tx = poll_tx
         self.fe = Frontend(path)
-        self.mem = GuestMemory.single(mem_size)
+        self.mem = GuestMemory.single(mem_size, seals=seals)
         self.num = num
         self.rx = SplitRing(self.mem, num)
         self.tx = SplitRing(self.mem, num)

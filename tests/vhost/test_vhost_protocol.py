@@ -4,6 +4,7 @@ order, out-of-order setups, malformed and unknown messages, reconnects."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import mmap
 import os
 import socket
@@ -73,11 +74,15 @@ async def wait_state(sw: Switch, name: str, state: str) -> None:
 
 
 class Memory:
-    """Guest memory in a memfd, as QEMU's memory-backend-memfd gives it."""
+    """Guest memory in a memfd, as QEMU's memory-backend-memfd gives it (sealed:
+    seal=on, its default)."""
 
     def __init__(self, size: int = MEM) -> None:
-        self.fd = os.memfd_create("guest", os.MFD_CLOEXEC)
+        self.fd = os.memfd_create("guest", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         os.ftruncate(self.fd, size)
+        fcntl.fcntl(
+            self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
+        )
         self.map = mmap.mmap(self.fd, size)
         self.size = size
 

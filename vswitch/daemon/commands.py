@@ -114,11 +114,11 @@ def commands(sw: SwitchState) -> dict[str, Command]:
 
     async def fdb_del(mac: Any, vlan: Any = 0) -> dict[str, Any]:
         m, v = _mac_arg(mac), _vlan_arg(vlan)
-        before = {(e.mac, e.vlan): e for e in dp().fdb_dump() if e.mac == m}
-        if not dp().fdb_del(m, vlan=v):
+        # One lookup in C under the same pause as the removal, not a dump of the table.
+        e = dp().fdb_del(m, vlan=v)
+        if e is None:
             raise ControlError(f"{format_mac(m)} vlan {v} is not in the MAC table")
-        e = before.get((m, v))
-        where = sw.port_name(e.port) if e else None
+        where = sw.port_name(e.port)
         log.info("fdb: %s vlan %d removed (was on port %s)", format_mac(m), v, where)
         return {"mac": format_mac(m), "vlan": v, "port": where}
 

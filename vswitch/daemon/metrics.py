@@ -81,6 +81,16 @@ SWITCH_METRICS = {
     "flooded": ("vswitch_flooded_frames", "counter", "Frames flooded (unknown/broadcast)"),
     "poll_sleeps": ("vswitch_poll_sleeps", "counter", "Times the poll thread went to sleep"),
     "poll_loops": ("vswitch_poll_loops", "counter", "Busy-poll iterations of the poll thread"),
+    "pause_ns_last": (
+        "vswitch_poll_pause_last_seconds",
+        "gauge",
+        "How long the poll thread stayed parked for the control plane, last time",
+    ),
+    "pause_ns_max": (
+        "vswitch_poll_pause_max_seconds",
+        "gauge",
+        "The longest the poll thread stayed parked for the control plane",
+    ),
 }
 
 Snapshot = dict[str, Any]
@@ -141,6 +151,8 @@ def families(snap: Snapshot) -> list[Metric]:
     ).add_metric([], rl["last_ok"])
     for field, value in snap["switch"].items():
         name, kind, doc = SWITCH_METRICS.get(field, (f"vswitch_{field}", "counter", field))
+        if field.startswith("pause_ns"):
+            value = value / 1e9  # nanoseconds in C, seconds in Prometheus
         (gauge if kind == "gauge" else counter)(name, doc, []).add_metric([], value)
 
     for p in snap["ports"]:

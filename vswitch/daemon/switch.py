@@ -64,6 +64,9 @@ class Switch:
         if cfg.switch.datapath == "thread":
             # Before any port exists, so no session ever watches kicks itself.
             self.dp.start_thread(cfg.switch.poll_idle_us, cfg.switch.poll_linger_ns)
+        # In both data paths: a call on a peer's eventfd that a front end managed to
+        # block is interrupted (csrc/vs_peer.c).
+        self.dp.start_watchdog()
         self._timers.append(asyncio.create_task(self._check_ports(), name="port checks"))
         for pc in cfg.ports:
             await self.add_port(pc)

@@ -14,6 +14,7 @@ enable.  It talks to `lib` directly: these tests are about the C API.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import importlib.util
 import mmap
@@ -154,22 +155,38 @@ class _Free:
 class GuestMemory:
     """One memfd holding every region; the test maps the whole file."""
 
-    def __init__(self, regions: Sequence[Region], slack: int = 0) -> None:
+    def __init__(self, regions: Sequence[Region], slack: int = 0, *, seals: str = "qemu") -> None:
         """slack: bytes of file past the last region, never part of guest
         memory; with mmap_offset > 0 the file also has bytes before it.
-        fill_outside() and outside() watch those bytes."""
+        fill_outside() and outside() watch those bytes.  seals: "qemu", the
+        memfd sealed as QEMU's memory-backend-memfd seals it (seal=on, its
+        default: no growing, no shrinking, no more seals); "unsealable", one
+        made without MFD_ALLOW_SEALING, which can never be sealed, like DPDK's
+        or a hugetlbfs file: the switch maps it and may see it truncated
+        (truncate()); "none", sealable but unsealed, which the switch refuses."""
+        assert seals in ("qemu", "unsealable", "none"), seals
         self.regions = list(regions)
         self.file_size = max(r.file_off + r.size for r in self.regions) + slack
-        self.fd = os.memfd_create("guest-ram", os.MFD_CLOEXEC)
+        flags = os.MFD_CLOEXEC | (0 if seals == "unsealable" else os.MFD_ALLOW_SEALING)
+        self.fd = os.memfd_create("guest-ram", flags)
         os.ftruncate(self.fd, self.file_size)
+        if seals == "qemu":
+            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS,
+                        fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
         self.map = mmap.mmap(self.fd, self.file_size)
         # First-fit free lists per region, in guest-physical addresses.
         self._free: list[list[_Free]] = [[_Free(r.gpa, r.size)] for r in self.regions]
 
     @classmethod
     def single(cls, size: int = 4 << 20, gpa: int = 0x100000, uaddr: int = 0x7F0000000000,
-               file_off: int = 0, slack: int = 0) -> GuestMemory:
-        return cls([Region(gpa, size, uaddr, file_off)], slack)
+               file_off: int = 0, slack: int = 0, seals: str = "qemu") -> GuestMemory:
+        return cls([Region(gpa, size, uaddr, file_off)], slack, seals=seals)
+
+    def truncate(self, size: int) -> None:
+        """What a hostile front end does after SET_MEM_TABLE: shrink the file
+        (possible only when it is not sealed).  The test's own mapping is
+        left alone (touching its lost pages would fault here too)."""
+        os.ftruncate(self.fd, size)
 
     @classmethod
     def three(cls) -> GuestMemory:

@@ -10,14 +10,13 @@ up, watches the kick eventfds, and calls into C when one fires.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vswitch.fastpath import Fastpath, Region
+from vswitch.fastpath import Fastpath, PollThreadStuck, Region
 from vswitch.limits import MAX_QUEUES, is_tx_ring
 from vswitch.vhost import protocol as P
 from vswitch.vhost.protocol import PF, F, Message, ProtocolError, Req
@@ -54,8 +53,10 @@ class Vring:
                 setattr(self, name, -1)
 
 
-def _nonblocking(fd: int) -> None:
-    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+# The rings' eventfds are the front end's: it shares their open file
+# description, so O_NONBLOCK set here could be cleared there at any time.
+# Nothing relies on it: the fast path reads and writes them with calls that
+# never wait (csrc/vs_peer.c), and so does check_broken (Fastpath.efd_signal).
 
 
 class VhostSession:
@@ -120,9 +121,15 @@ class VhostSession:
         for q in range(len(self.vrings)):
             self._unwatch(q)
         # The fast path lets go of the rings' fds (and the memory) before they are closed.
-        self.dp.reset_port(self.port)
-        for vr in self.vrings:
-            vr.close_fds()
+        try:
+            self.dp.reset_port(self.port)
+        except PollThreadStuck as e:
+            # The poll thread may still use the fds: closing them would let their
+            # numbers be reused under it.  They stay open (a leak, logged) instead.
+            log.error("port %s: %s; its ring descriptors stay open", self.name, e)
+        else:
+            for vr in self.vrings:
+                vr.close_fds()
         self.vrings = [Vring() for _ in range(MAX_QUEUES)]
         if self.backend_fd >= 0:
             os.close(self.backend_fd)
@@ -297,9 +304,7 @@ class VhostSession:
         old, vr.kick = vr.kick, fd
         vr.started = True
         vr.held = False
-        if fd >= 0:
-            _nonblocking(fd)
-        elif is_tx_ring(q):
+        if fd < 0 and is_tx_ring(q):
             log.info("port %s: vring %d has no kick eventfd: polled", self.name, q)
         # The fast path lets go of the old fd before it is closed: once closed, its
         # number can be reused by any other open().
@@ -330,8 +335,6 @@ class VhostSession:
         vr = self.vrings[q]
         if vr.err >= 0:
             os.close(vr.err)
-        if fd >= 0:
-            _nonblocking(fd)
         vr.err = fd
 
     def _set_vring_enable(self, msg: Message) -> None:
@@ -389,9 +392,12 @@ class VhostSession:
                 )
                 for vr in self.vrings:
                     if vr.err >= 0:
+                        # Never os.eventfd_write: a full counter with O_NONBLOCK
+                        # cleared by the front end would block the event loop.
                         try:
-                            os.eventfd_write(vr.err, 1)
-                        except OSError as e:  # a full counter: it is signalled already
+                            if not self.dp.efd_signal(vr.err):
+                                log.debug("port %s: error eventfd full: signalled", self.name)
+                        except OSError as e:
                             log.debug("port %s: error eventfd: %s", self.name, e)
             self._state_changed()
 
