@@ -5,7 +5,9 @@ sequences through vswitch.testkit.vhost_frontend.Frontend.send_raw: known and un
 requests, any flags, payload sizes that match the header or not (and over
 the maximum), random payloads and structured ones (vring states and
 addresses, memory tables), and descriptors of every kind attached to any
-message (eventfds, memfds, sockets, pipes, /dev/null, a directory).  A
+message (eventfds, a blocking eventfd about to saturate, memfds, one that shrinks to
+nothing under the rings, one that could be sealed but is not, sockets, pipes, /dev/null,
+a directory).  A
 second generator follows QEMU's valid order and corrupts one thing.
 
 After every example:
@@ -81,7 +83,19 @@ DESC, AVAIL, USED = 0x0, 0x2000, 0x3000
 # Descriptors a front end can attach
 
 
-FD_KINDS = ["eventfd", "memfd", "memfd-empty", "socket", "pipe-r", "pipe-w", "devnull", "dir"]
+FD_KINDS = [
+    "eventfd",
+    "eventfd-full",  # blocking, its counter one short of full: a write to it would block
+    "memfd",
+    "memfd-empty",
+    "memfd-shrinks",  # cut to nothing once the messages are sent (under the rings)
+    "memfd-sealable",  # could be sealed against shrinking, but is not
+    "socket",
+    "pipe-r",
+    "pipe-w",
+    "devnull",
+    "dir",
+]
 
 
 class Fds:
@@ -90,16 +104,23 @@ class Fds:
     def __init__(self) -> None:
         self.fds: list[int] = []
         self.eventfds: list[int] = []
+        self.shrinks: list[int] = []
         self.keep: list[Any] = []
 
     def make(self, kind: str) -> int:
         if kind == "eventfd":
             fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             self.eventfds.append(fd)
+        elif kind == "eventfd-full":
+            fd = os.eventfd(0, os.EFD_CLOEXEC)
+            os.eventfd_write(fd, 0xFFFFFFFFFFFFFFFE)
         elif kind.startswith("memfd"):
-            fd = os.memfd_create("fuzz", os.MFD_CLOEXEC)
-            if kind == "memfd":
+            sealing = os.MFD_ALLOW_SEALING if kind == "memfd-sealable" else 0
+            fd = os.memfd_create("fuzz", os.MFD_CLOEXEC | sealing)
+            if kind != "memfd-empty":
                 os.ftruncate(fd, MEM)
+            if kind == "memfd-shrinks":
+                self.shrinks.append(fd)
         elif kind == "socket":
             a, b = socket.socketpair()
             self.keep.append(b)
@@ -118,6 +139,8 @@ class Fds:
         return fd
 
     def kick_all(self) -> None:
+        for fd in self.shrinks:
+            os.ftruncate(fd, 0)  # the switch may have it mapped: its next access faults
         for fd in self.eventfds:
             os.eventfd_write(fd, 1)
 
@@ -128,6 +151,7 @@ class Fds:
             s.close()
         self.fds.clear()
         self.eventfds.clear()
+        self.shrinks.clear()
         self.keep.clear()
 
 
@@ -404,7 +428,12 @@ messages = st.builds(Msg, requests, flags, payloads, sizes, fd_lists)
 @given(msgs=st.lists(messages, min_size=1, max_size=12))
 def test_random_message_sequences(harness: Harness, msgs: list[Msg]) -> None:
     note(f"{len(msgs)} messages: {msgs}")
-    run_example(harness, msgs)
+
+    async def shrink_and_kick(fds: Fds) -> None:
+        fds.kick_all()  # memory files shrink under whatever was mapped, rings get kicks
+        await asyncio.sleep(0.002)
+
+    run_example(harness, msgs, before_close=shrink_and_kick)
 
 
 # Strategies: QEMU's order with one thing wrong
@@ -451,16 +480,31 @@ def qemu_sequence() -> list[Msg]:
 
 # A field of a payload gets most of the attention: that is where the values are.
 MUTATIONS = ["field"] * 6 + ["request", "flags", "size", "truncate", "extend", "fds", "drop",
-                             "dup", "swap"]  # fmt: skip
+                             "dup", "swap"] + ["peer-fd"] * 3  # fmt: skip
+# A descriptor of the right kind that turns against the switch once the rings run: the
+# memory file shrinks to nothing, could be sealed and is not, an eventfd about to saturate.
+PEER_FDS = {
+    Req.SET_MEM_TABLE: ["memfd-shrinks", "memfd-sealable"],
+    Req.SET_VRING_CALL: ["eventfd-full"],
+    Req.SET_VRING_KICK: ["eventfd-full"],
+}
 
 
 @st.composite
 def corrupted_qemu_sequence(draw: st.DrawFn) -> tuple[list[Msg], str]:
     seq = qemu_sequence()
-    i = draw(st.integers(0, len(seq) - 1))
-    m = seq[i]
     how = draw(st.sampled_from(MUTATIONS))
-    if how == "request":
+    if how == "peer-fd":
+        # The rings keep running (no GET_VRING_BASE), so the switch meets the descriptor
+        # when the example's hook kicks them.
+        seq = [m for m in seq if m.request != Req.GET_VRING_BASE]
+        i = draw(st.sampled_from([k for k, m in enumerate(seq) if m.request in PEER_FDS]))
+    else:
+        i = draw(st.integers(0, len(seq) - 1))
+    m = seq[i]
+    if how == "peer-fd":
+        m.fds = [draw(st.sampled_from(PEER_FDS[Req(m.request)]))]
+    elif how == "request":
         m.request = draw(requests)
     elif how == "flags":
         m.flags = draw(flags)
