@@ -9,6 +9,7 @@ VSWITCH_SOAK_HOSTILE=100) and prints the figures."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import random
@@ -170,6 +171,34 @@ async def h_long_chains(path: str, rng: random.Random) -> None:
         g.close()
 
 
+async def h_truncated_memory(path: str, rng: random.Random) -> None:
+    """Memory that cannot be sealed, cut to nothing once the rings run (SIGBUS)."""
+    g = SoftGuest(path, MACS["h"], num=64, mem_size=1 << 20, seals="unsealable")
+    try:
+        await g.attach()
+        g.mem.truncate(0)
+        os.eventfd_write(g.kick[1], 1)
+        os.eventfd_write(g.kick[0], 1)
+        await asyncio.sleep(0.02)
+    finally:
+        g.close()
+
+
+async def h_saturated_call(path: str, rng: random.Random) -> None:
+    """Call eventfds made blocking and filled to the brim, then frames to deliver."""
+    g = SoftGuest(path, MACS["h"], num=64, mem_size=1 << 20)
+    try:
+        await g.attach()
+        for fd in g.call:
+            os.set_blocking(fd, True)  # the switch shares this open file description
+            with contextlib.suppress(OSError):
+                os.eventfd_write(fd, 0xFFFFFFFFFFFFFFFE)
+        await g.send([frame("ff:ff:ff:ff:ff:ff", MACS["h"], i) for i in range(8)])
+        await asyncio.sleep(0.02)
+    finally:
+        g.close()
+
+
 HOSTILE_KINDS: list[Callable[[str, random.Random], Awaitable[None]]] = [
     h_garbage,
     h_oversize,
@@ -179,6 +208,8 @@ HOSTILE_KINDS: list[Callable[[str, random.Random], Awaitable[None]]] = [
     h_mid_setup,
     h_bad_ring,
     h_long_chains,
+    h_truncated_memory,
+    h_saturated_call,
 ]
 
 
