@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import grp
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -33,7 +34,15 @@ from typing import Any
 import pytest
 import yaml
 from conftest import need, need_root, need_tool
-from support.libvirt import PREFIX, QEMU_USER, Libvirt, LibvirtGuest, domain_xml, virsh
+from support.libvirt import (
+    PREFIX,
+    QEMU_USER,
+    Libvirt,
+    LibvirtGuest,
+    domain_xml,
+    virsh,
+    virsh_sync,
+)
 from support.switch_process import SwitchProcess, build_guest_image
 
 from vswitch.control import request
@@ -253,3 +262,21 @@ async def test_libvirt_guests_in_both_roles(work: Path, libvirt: Libvirt) -> Non
     assert not any((work / "switch").iterdir()), list((work / "switch").iterdir())
     assert not any((work / "qemu").iterdir()), list((work / "qemu").iterdir())
     assert not netns_exists(netns)
+
+
+def test_documented_xml_is_accepted(libvirt: Libvirt) -> None:
+    """docs/libvirt.md's domain XML, in both socket roles, as libvirt itself checks it on
+    `virsh define` (the schema, and rules such as <reconnect> only with mode='client')."""
+    text = (Path(__file__).parents[2] / "docs/libvirt.md").read_text()
+    full, server_source = re.findall(r"```xml\n(.*?)```", text, re.S)[:2]
+    client = re.search(r"<source type='unix'[^>]*mode='client'>.*?</source>", full, re.S)
+    assert client is not None
+    roles = {"client": full, "server": full.replace(client.group(0), server_source.strip())}
+    assert "mode='server'" in roles["server"] and "<reconnect" not in roles["server"]
+    for role, xml in roles.items():
+        name = f"{PREFIX}{uuid.uuid4().hex[:6]}-doc-{role}"
+        libvirt.define(name, xml.replace("<name>vm1</name>", f"<name>{name}</name>"))
+        dumped = virsh_sync("dumpxml", name)
+        assert f"mode='{role}'" in dumped and "<access mode='shared'/>" in dumped, dumped
+        assert "name='host_mtu'" in dumped
+        libvirt.remove(name)
