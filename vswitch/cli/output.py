@@ -12,6 +12,7 @@ import click
 
 EXIT_RUNTIME = 1  # startup failed, daemon unreachable, the daemon refused a command
 EXIT_USAGE = 2  # bad config or command line (click uses 2 too)
+IDLE_NOTE = 10.0  # seconds without a front end before `vswitch ports` says so
 
 
 def fail(msg: str, code: int = EXIT_RUNTIME) -> NoReturn:
@@ -82,8 +83,54 @@ def format_ports(ports: list[dict[str, Any]]) -> str:
             details.append(f"{pad}  {', '.join(extra)}")
         if p.get("error"):
             details.append(f"{pad}  error: {p['error']}")
+        idle = p.get("idle_seconds")
+        if idle is not None and idle >= IDLE_NOTE:
+            details.append(f"{pad}  {idle_note(p, idle)}")
     lines = table(header, rows, right=set(range(3, 8)))
     return "\n".join(lines + (["", *details] if details else []))
+
+
+def idle_note(p: dict[str, Any], idle: float) -> str:
+    """Why a vhost-user port may have no front end: how long, and who can reach its socket
+    (QEMU retries a socket it may not open for ever, and says so only in its own log)."""
+    secs = int(idle)
+    note = f"no front end for {secs} s" if secs < 60 else f"no front end for {short_duration(secs)}"
+    sock = p.get("socket")
+    path = p.get("path", "?")
+    if p.get("mode") == "client":
+        if not sock:
+            return f"{note}; no socket at {path} yet (the front end listens there)"
+        return f"{note}; the front end's socket {sock_desc(sock)}"
+    if not sock:
+        return f"{note}; the socket {path} is missing (removed from outside?)"
+    line = f"{note}; socket {sock_desc(sock)}: {who_can_connect(sock)}"
+    if not _mode(sock) & 0o022:  # nobody but its owner (and root)
+        line += " (libvirt runs QEMU as libvirt-qemu: see docs/libvirt.md)"
+    return line
+
+
+def sock_desc(sock: dict[str, Any]) -> str:
+    return f"{sock.get('owner', '?')}:{sock.get('group', '?')} {sock.get('mode', '?')}"
+
+
+def who_can_connect(sock: dict[str, Any]) -> str:
+    """Connecting to a unix socket takes write permission on its file (root always can)."""
+    mode = _mode(sock)
+    who = [f"user {sock.get('owner')}"] if mode & 0o200 else []
+    if mode & 0o020:
+        who.append(f"group {sock.get('group')}")
+    if mode & 0o002:
+        who.append("every user")
+    if who in ([], ["user root"]):
+        return "only root can connect"
+    return " and ".join(who) + " can connect"
+
+
+def _mode(sock: dict[str, Any]) -> int:
+    try:
+        return int(str(sock.get("mode")), 8)
+    except ValueError:
+        return 0
 
 
 def format_fdb(entries: list[dict[str, Any]]) -> str:

@@ -16,9 +16,11 @@ import errno
 import grp
 import logging
 import os
+import pwd
 import socket
 import stat
 from pathlib import Path
+from typing import Any
 
 from vswitch.errors import StartupError
 
@@ -80,6 +82,32 @@ def set_socket_mode(
             os.chown(f"/proc/self/fd/{fd}", -1 if uid is None else uid, -1 if gid is None else gid)
     finally:
         os.close(fd)
+
+
+def socket_file(path: str | Path) -> dict[str, Any] | None:
+    """Who can reach the socket file at `path` (not following a symlink there): its owner
+    and group (names, or the numbers when they have none) and mode ("0660"); None when
+    there is no file.  Connecting to a unix socket needs write permission on it."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = str(st.st_uid)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    return {
+        "owner": owner,
+        "group": group,
+        "uid": st.st_uid,
+        "gid": st.st_gid,
+        "mode": f"{stat.S_IMODE(st.st_mode):04o}",
+        "is_socket": stat.S_ISSOCK(st.st_mode),
+    }
 
 
 def prepare_socket_path(path: str | Path) -> None:

@@ -9,13 +9,14 @@ import contextlib
 import logging
 import os
 import socket
+from time import monotonic
 from typing import Any, ClassVar
 
 from vswitch.config import PortConfig, VhostUserPort
 from vswitch.errors import StartupError
 from vswitch.fastpath import PORT_VHOST, Fastpath
 from vswitch.mac import format_mac
-from vswitch.netsys.unix import listen_unix, set_socket_mode
+from vswitch.netsys.unix import listen_unix, set_socket_mode, socket_file
 from vswitch.ports.base import Port
 from vswitch.vhost import protocol as P
 from vswitch.vhost.session import VhostSession
@@ -40,8 +41,13 @@ class VhostPort(Port):
         self._listener: socket.socket | None = None
         self._accept_task: asyncio.Task[None] | None = None
         self._session_task: asyncio.Task[None] | None = None
+        # Since when no front end has been connected (monotonic; None while one is): a
+        # port listening for long with nobody connecting is how a QEMU that may not open
+        # the socket (libvirt runs it as libvirt-qemu) shows, since QEMU retries silently.
+        self._idle_since: float | None = None
 
     async def start(self) -> None:
+        self._idle_since = monotonic()
         if self.cfg.mode == "client":
             self._open_port()
             self._accept_task = asyncio.create_task(self._connect(), name=f"connect {self.name}")
@@ -101,6 +107,7 @@ class VhostPort(Port):
                 conn.close()
                 continue
             self.connects += 1
+            self._idle_since = None
             log.debug("port %s: connection accepted", self.name)
             self.session = VhostSession(self.name, conn, self.dp, self.port, self.cfg.mtu)
             self._session_task = asyncio.create_task(
@@ -134,6 +141,7 @@ class VhostPort(Port):
                 delay = min(delay * 2, RETRY_MAX)
                 continue
             self.connects += 1
+            self._idle_since = None
             log.debug("port %s: connected to %s", self.name, path)
             session = VhostSession(self.name, sock, self.dp, self.port, self.cfg.mtu)
             self.session = session
@@ -152,6 +160,7 @@ class VhostPort(Port):
             await session.run()
         finally:
             self.session = None
+            self._idle_since = monotonic()
 
     def check(self) -> None:
         if self.session is not None:
@@ -214,4 +223,13 @@ class VhostPort(Port):
             "counters": self.dp.port_stats(self.port) if self.port >= 0 else {},
             "error": (self.dp.error(self.port) or None) if status == "broken" else None,
             "static_macs": [format_mac(m) for m in self.cfg.static_macs],
+            "idle_seconds": self.idle_seconds(),
+            "socket": socket_file(self.cfg.path),
         }
+
+    def idle_seconds(self) -> float | None:
+        """Seconds since the port last had a front end (or since it started), None while
+        one is connected."""
+        if self.session is not None or self._idle_since is None:
+            return None
+        return round(monotonic() - self._idle_since, 1)
