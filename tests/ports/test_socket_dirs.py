@@ -83,3 +83,16 @@ async def test_reload_never_chmods_through_a_symlink(tmp_path: Path) -> None:
             await sw.reload(new)
         sock.unlink()
     assert stat.S_IMODE(victim.stat().st_mode) == 0o600
+
+
+async def test_reload_changes_the_socket_mode_in_place(tmp_path: Path) -> None:
+    cfg = config(tmp_path, ["a"])
+    async with Switch(cfg) as sw:
+        sock = sw.ports["a"].cfg.path
+        new = cfg.model_copy(
+            update={"ports": (cfg.ports[0].model_copy(update={"socket_mode": 0o660}),)}
+        )
+        result = await sw.reload(new)
+        assert result["changes"] == ["port a: socket_mode 0600 -> 0660"]
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o660
+        assert stat.S_ISSOCK(sock.stat().st_mode)

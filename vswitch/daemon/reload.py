@@ -219,9 +219,12 @@ async def apply(sw: Target, plan: Plan) -> Config:
 
 
 def _changes(old: Any, new: Any, fields: list[str]) -> str:
-    return ", ".join(
-        f"{f} {_show(getattr(old, f, None))} -> {_show(getattr(new, f))}" for f in fields
-    )
+    def show(f: str, v: Any) -> str:
+        # File modes as people write them (0660), not as the integers they are.
+        return f"{v:04o}" if f.endswith("_mode") and isinstance(v, int) else _show(v)
+
+    return ", ".join(f"{f} {show(f, getattr(old, f, None))} -> {show(f, getattr(new, f))}"
+                     for f in fields)  # fmt: skip
 
 
 def _apply_switch(sw: Target, plan: Plan) -> Any:
