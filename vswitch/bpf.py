@@ -63,9 +63,7 @@ def compile_filter(expression: str) -> Filter:
             raise MemoryError("pcap_open_dead failed")
         try:
             prog = ffi.new("struct bpf_program *")
-            rc = lib.pcap_compile(
-                p, prog, expression.encode(), 1, lib.PCAP_NETMASK_UNKNOWN
-            )
+            rc = lib.pcap_compile(p, prog, expression.encode(), 1, lib.PCAP_NETMASK_UNKNOWN)
             if rc != 0:
                 raise FilterError(ffi.string(lib.pcap_geterr(p)).decode(errors="replace"))
             try:

@@ -100,8 +100,13 @@ def frames() -> list[bytes]:
         eth(B, A, 0x0800, ipv4(47, "10.0.0.1", "10.0.0.2", b"\0" * 30)),
         eth(B, A, 0x86DD, struct.pack("!IHBB", 0x60000000, 8, 58, 64) + bytes(32) + bytes(8)),
         eth(B, A, 0x86DD, struct.pack("!IHBB", 0x60000000, 8, 17, 64) + bytes(32) + bytes(8)),
-        eth(B, A, 0x8100, struct.pack("!HH", 10, 0x0800)
-            + ipv4(1, "10.0.0.1", "10.0.0.2", b"\x08\x00" + bytes(30))),
+        eth(
+            B,
+            A,
+            0x8100,
+            struct.pack("!HH", 10, 0x0800)
+            + ipv4(1, "10.0.0.1", "10.0.0.2", b"\x08\x00" + bytes(30)),
+        ),
         eth(B, A, 0x8100, struct.pack("!HH", 20, 0x0806) + bytes(28)),
         eth("01:00:5e:00:00:01", A, 0x0800, ipv4(2, "10.0.0.1", "224.0.0.1", bytes(8))),
         eth(B, A, 0x88B5, bytes(46)),

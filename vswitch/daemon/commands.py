@@ -7,6 +7,7 @@ operator actions that change the switch are logged, one line each.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -14,7 +15,13 @@ from typing import Any, Protocol
 
 from vswitch import __version__
 from vswitch.control import Stream
-from vswitch.daemon.capture import DEFAULT_BUFFER, MAX_SNAPLEN, Capture, parse_args
+from vswitch.daemon.capture import (
+    DEFAULT_BUFFER,
+    MAX_SNAPLEN,
+    Capture,
+    parse_args,
+    parse_filter,
+)
 from vswitch.daemon.metrics import MetricsServer
 from vswitch.errors import ControlError
 from vswitch.fastpath import Fastpath
@@ -141,7 +148,13 @@ def commands(sw: SwitchState) -> dict[str, Command]:
             "reloads": dict(sw.reloads),
             "metrics": sw.metrics.address if sw.metrics else None,
             "captures": {
-                n: {"frames": c.frames, "direction": c.args.direction, "format": c.args.format}
+                n: {
+                    "frames": c.frames,
+                    "direction": c.args.direction,
+                    "format": c.args.format,
+                    "ports": list(c.args.ports),
+                    "filter": c.args.filter,
+                }
                 for n, c in sw.captures.items()
             },
         }
@@ -157,22 +170,31 @@ def commands(sw: SwitchState) -> dict[str, Command]:
         format: Any = "pcapng",
         buffer: Any = DEFAULT_BUFFER,
         duration: Any = None,
+        filter: Any = None,
     ) -> Stream:
-        args = parse_args(port, direction, count, snaplen, format, buffer, duration)
-        pid = sw.port_id(args.port)
-        if args.port in sw.captures:
-            raise ControlError(
-                f"port {args.port} already has a capture running (one per port: "
-                "stop the other `vswitch capture` first)"
-            )
+        args = parse_args(port, direction, count, snaplen, format, buffer, duration, filter)
+        for name in args.ports:
+            sw.port_id(name)  # "no port" before compiling anything
+        # libpcap's message for a bad expression.  In a thread: a host name in the
+        # expression is looked up (DNS), which must not stop the loop.
+        program = await asyncio.to_thread(parse_filter, args.filter) if args.filter else None
+        pids = [sw.port_id(name) for name in args.ports]  # again: the await let reloads run
+        for name in args.ports:
+            if name in sw.captures:
+                raise ControlError(
+                    f"port {name} already has a capture running (one per port: "
+                    "stop the other `vswitch capture` first)"
+                )
 
         def ended(c: Capture) -> None:
-            if sw.captures.get(args.port) is c:
-                del sw.captures[args.port]
+            for name in c.args.ports:
+                if sw.captures.get(name) is c:
+                    del sw.captures[name]
 
-        cap = Capture(dp(), pid, args, ended)
+        cap = Capture(dp(), pids, args, ended, program)
         stream = cap.start()  # ControlError if the fast path refuses (EBUSY, ENOMEM)
-        sw.captures[args.port] = cap
+        for name in args.ports:
+            sw.captures[name] = cap
         return stream
 
     return {

@@ -140,7 +140,9 @@ class Switch:
         port = self.ports.pop(name)
         cap = self.captures.get(name)
         if cap is not None:
-            cap.abort(why)
+            cap.abort(why, port=name)  # a capture of several ports goes on without it
+            if self.captures.get(name) is cap:
+                del self.captures[name]
         await port.stop()
 
     def port_id(self, name: str) -> int:
