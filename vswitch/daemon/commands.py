@@ -13,7 +13,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from vswitch import __version__
+from vswitch import PROTOCOL, __version__
+from vswitch.config import Config
 from vswitch.control import Stream
 from vswitch.daemon.capture import (
     DEFAULT_BUFFER,
@@ -44,9 +45,13 @@ class SwitchState(Protocol):
     start_time: float
     reloads: dict[str, Any]
 
+    config: Config
+
     def port_id(self, name: str) -> int: ...
     def port_name(self, port_id: int) -> str: ...
     async def reload(self) -> dict[str, Any]: ...
+    async def add_port_live(self, raw: dict[str, Any]) -> dict[str, Any]: ...
+    async def remove_port_live(self, name: str) -> dict[str, Any]: ...
 
 
 def _port_arg(v: Any, what: str = "port") -> str:
@@ -87,6 +92,24 @@ def commands(sw: SwitchState) -> dict[str, Command]:
 
     async def version() -> dict[str, Any]:
         return {"version": __version__}
+
+    async def hello() -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "protocol": PROTOCOL,
+            "commands": sorted(table),
+            "config": str(sw.config.source) if sw.config.source else None,
+        }
+
+    async def port_add(port: Any) -> dict[str, Any]:
+        if not isinstance(port, dict):
+            raise ControlError(f"port must be a mapping of the port's keys, got {port!r}")
+        result = await sw.add_port_live(port)
+        name = port.get("name")
+        return {"port": port_info(name) if name in sw.ports else None, **result}
+
+    async def port_del(name: Any) -> dict[str, Any]:
+        return await sw.remove_port_live(_port_arg(name, "name"))
 
     async def ports(port: str | None = None) -> list[dict[str, Any]]:
         if port is not None:
@@ -197,7 +220,8 @@ def commands(sw: SwitchState) -> dict[str, Command]:
             sw.captures[name] = cap
         return stream
 
-    return {
+    table: dict[str, Command] = {
+        "hello": hello,
         "version": version,
         "ports": ports,
         "fdb": fdb,
@@ -207,4 +231,7 @@ def commands(sw: SwitchState) -> dict[str, Command]:
         "stats": stats,
         "reload": reload,
         "capture": capture,
+        "port-add": port_add,
+        "port-del": port_del,
     }
+    return table
