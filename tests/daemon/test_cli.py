@@ -140,7 +140,7 @@ def fake_switch_module(
     seen: dict[str, Any] = {}
 
     class Switch:
-        def __init__(self, config: Config) -> None:
+        def __init__(self, config: Config, notify: object = None) -> None:
             seen["config"] = config
             self._stopped = asyncio.Event()
 
