@@ -37,8 +37,9 @@ def _value(text: str) -> Any:
         v = yaml.load(text, Loader=StrictLoader)  # a SafeLoader
     except yaml.YAMLError:
         return text
-    if isinstance(v, int) and not isinstance(v, bool) and text.lstrip("+-").startswith("0"):
-        return text
+    digits = text.strip().lstrip("+-")
+    if isinstance(v, int) and not isinstance(v, bool) and len(digits) > 1 and digits[0] == "0":
+        return text.strip()
     return text if v is None else v
 
 
