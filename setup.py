@@ -2,4 +2,4 @@
 # cffi_modules; everything else lives in pyproject.toml.
 from setuptools import setup
 
-setup(cffi_modules=["csrc/build_fastpath.py:ffibuilder"])
+setup(cffi_modules=["csrc/build_fastpath.py:ffibuilder", "csrc/build_pcap.py:ffibuilder"])

@@ -36,6 +36,8 @@
 /* vs_capture_start's ring_bytes: 64 KiB to 256 MiB. */
 #define VS_CAP_MIN_RING 65536
 #define VS_CAP_MAX_RING 268435456
+/* vs_capture_set_filter: instructions in a capture filter (libpcap's BPF_MAXINSNS). */
+#define VS_BPF_MAX_INSNS 4096
 
 #define VS_BURST 32
 
@@ -119,6 +121,7 @@ struct vs_port_stats {
     uint64_t fdb_count;             /* dynamic addresses the port has now */
     uint64_t cap_packets;           /* frames copied to an active capture */
     uint64_t cap_drops;             /* frames a capture missed: its reader was too slow */
+    uint64_t cap_filtered;          /* frames a capture's filter left out (never copied) */
 };
 
 struct vs_switch_stats {
@@ -149,6 +152,15 @@ struct vs_cap_hdr {
     uint32_t len;                   /* length on the wire */
     uint32_t port;
     uint32_t dir;                   /* VS_CAP_RX or VS_CAP_TX */
+};
+
+/* One classic BPF instruction: the layout of libpcap's struct bpf_insn, so a
+ * program pcap_compile() made is passed as it is. */
+struct vs_bpf_insn {
+    uint16_t code;
+    uint8_t jt;
+    uint8_t jf;
+    uint32_t k;
 };
 
 /* Switch. */
@@ -216,6 +228,21 @@ int vs_capture_start(struct vs_switch *sw, uint32_t port, uint32_t dirs, uint32_
 void vs_capture_stop(struct vs_switch *sw, uint32_t port);
 /* Moves whole records (struct vs_cap_hdr + frame) into buf; returns bytes. */
 uint32_t vs_capture_read(struct vs_switch *sw, uint32_t port, uint8_t *buf, uint32_t max);
+/* A classic BPF program (pcap_compile's) that a frame must pass before it is
+ * copied into the port's running capture; a frame it rejects costs no copy
+ * and is counted in cap_filtered.  The program is checked (bpf_validate's
+ * rules: forward jumps in range, scratch memory indexes, no division by a
+ * zero constant, ending in a return) and copied; n == 0 removes the filter.
+ * Loads outside the frame reject it, as libpcap's bpf_filter does.  -EINVAL
+ * for a program that fails the check, -ENODEV without a capture. */
+int vs_capture_set_filter(struct vs_switch *sw, uint32_t port, const struct vs_bpf_insn *prog,
+                          uint32_t n);
+/* Runs a checked program over len bytes split after the Ethernet header
+ * into segments of seg_len bytes (0 = one segment), as the fast path sees
+ * frames in guest memory; the program's return value (0 = rejected), or
+ * -EINVAL if it fails the check.  For tests against libpcap's bpf_filter. */
+int64_t vs_bpf_test(const struct vs_bpf_insn *prog, uint32_t n, const uint8_t *frame,
+                    uint32_t len, uint32_t seg_len);
 
 /* The poll thread (adaptive polling, like NAPI).  vs_run() serves every
  * port in a busy loop while frames flow (a loop that moved fewer than two

@@ -144,6 +144,8 @@ struct vs_capture {
     uint32_t size;          /* a power of two */
     uint32_t dirs;
     uint32_t snaplen;
+    uint32_t filter_len;    /* instructions in filter; 0 = every frame */
+    struct vs_bpf_insn *filter; /* checked by vs_capture_set_filter */
     uint64_t head;          /* written by the fast path */
     uint64_t tail;          /* written by the reader */
 };

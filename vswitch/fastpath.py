@@ -23,6 +23,7 @@ from vswitch.limits import BURST, MAX_PORTS
 assert ffi.sizeof("struct vs_mem_region") == 40
 assert ffi.sizeof("struct vs_fdb_entry") == 24
 assert ffi.sizeof("struct vs_cap_hdr") == 24
+assert ffi.sizeof("struct vs_bpf_insn") == 8  # libpcap's struct bpf_insn
 
 PORT_VHOST: int = lib.VS_PORT_VHOST
 PORT_TAP: int = lib.VS_PORT_TAP
@@ -327,8 +328,18 @@ class Fastpath:
     # Capture
 
     @_parked
-    def capture_start(self, port: int, dirs: int, snaplen: int, ring_bytes: int) -> None:
+    def capture_start(
+        self, port: int, dirs: int, snaplen: int, ring_bytes: int, filter: bytes = b""
+    ) -> None:
+        """Start the port's capture; `filter` is a classic BPF program (vswitch.bpf), in
+        force from the first frame."""
         _check(lib.vs_capture_start(self._sw, port, dirs, snaplen, ring_bytes), "start capture")
+        if filter:
+            prog = ffi.from_buffer("struct vs_bpf_insn[]", filter)
+            rc = lib.vs_capture_set_filter(self._sw, port, prog, len(filter) // 8)
+            if rc < 0:
+                lib.vs_capture_stop(self._sw, port)
+                _check(rc, "set capture filter")
 
     @_parked
     def capture_stop(self, port: int) -> None:
@@ -400,3 +411,11 @@ def _entry(e: Any) -> FdbEntry:
     return FdbEntry(
         mac=e.mac, vlan=e.vlan, port=e.port, age=e.age, static=bool(e.flags & lib.VS_FDB_STATIC)
     )
+
+
+def bpf_test(prog: bytes, frame: bytes, seg_len: int = 0) -> int:
+    """The fast path's BPF interpreter on one frame split into seg_len-byte segments after
+    its Ethernet header (0: one segment): the program's return (0 = rejected).  OSError
+    EINVAL for a program the fast path refuses."""
+    insns = ffi.from_buffer("struct vs_bpf_insn[]", prog)
+    return _check(lib.vs_bpf_test(insns, len(prog) // 8, frame, len(frame), seg_len), "bpf")

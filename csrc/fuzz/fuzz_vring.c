@@ -331,6 +331,21 @@ static void check_work(const struct vs_port_stats *before, const struct vs_port_
         die("a kick read more descriptors than its budget");
 }
 
+/* A capture filter whose loads land where the frame says (an IPv4 header
+ * length, then a word behind it), inside or past the end of frames whose
+ * bytes lie scattered in guest memory, and whose verdict (ret a) is a
+ * loaded word: what vs_capture.c's interpreter must survive. */
+static const struct vs_bpf_insn fuzz_filter[] = {
+    {0x28, 0, 0, 12},         /* ldh [12] */
+    {0x15, 0, 4, 0x0800},     /* jeq #0x800, else to 6 */
+    {0xb1, 0, 0, 14},         /* ldxb 4*([14]&0xf) */
+    {0x48, 0, 0, 14},         /* ldh [x + 14] */
+    {0x40, 0, 0, 16},         /* ld [x + 16] */
+    {0x45, 1, 0, 0x80000000}, /* jset #0x80000000, to 7 */
+    {0x80, 0, 0, 0},          /* ld #len */
+    {0x16, 0, 0, 0},          /* ret a */
+};
+
 static void run_op(struct world *w, uint8_t op, uint8_t arg)
 {
     uint32_t port = arg & 1;
@@ -377,6 +392,9 @@ static void run_op(struct world *w, uint8_t op, uint8_t arg)
     case 9: {
         uint32_t snaplen = 1 + (uint32_t)(arg >> 1) * 40;
         vs_capture_start(w->sw, port, 1 + (arg >> 6) % 3, snaplen, 64u << 10);
+        if (arg & 1)
+            vs_capture_set_filter(w->sw, port, fuzz_filter,
+                                  sizeof(fuzz_filter) / sizeof(fuzz_filter[0]));
         break;
     }
     case 10: {

@@ -1,6 +1,6 @@
 """The `vswitch` command, one module per command group: run.py (the daemon), ops.py
-(ports, fdb, stats, reload), capture.py, top.py, and the lab group (cli/lab.py);
-output.py formats what they print, ask.py reaches a running daemon."""
+(ports, fdb, stats, reload), port.py (port add/del), capture.py, top.py, and the lab group
+(cli/lab.py); output.py formats what they print, ask.py reaches a running daemon."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from vswitch import __version__
 from vswitch.cli.capture import capture
 from vswitch.cli.lab import lab
 from vswitch.cli.ops import fdb, ports, reload, stats
+from vswitch.cli.port import port
 from vswitch.cli.run import run
 from vswitch.cli.top import top
 
@@ -20,5 +21,5 @@ def main() -> None:
     """A userspace virtual switch for QEMU vhost-user guests."""
 
 
-for command in (run, ports, fdb, stats, reload, capture, top, lab):
+for command in (run, ports, port, fdb, stats, reload, capture, top, lab):
     main.add_command(command)

@@ -7,14 +7,22 @@ operator actions that change the switch are logged, one line each.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from vswitch import __version__
+from vswitch import PROTOCOL, __version__
+from vswitch.config import Config
 from vswitch.control import Stream
-from vswitch.daemon.capture import DEFAULT_BUFFER, MAX_SNAPLEN, Capture, parse_args
+from vswitch.daemon.capture import (
+    DEFAULT_BUFFER,
+    MAX_SNAPLEN,
+    Capture,
+    parse_args,
+    parse_filter,
+)
 from vswitch.daemon.metrics import MetricsServer
 from vswitch.errors import ControlError
 from vswitch.fastpath import Fastpath
@@ -37,9 +45,13 @@ class SwitchState(Protocol):
     start_time: float
     reloads: dict[str, Any]
 
+    config: Config
+
     def port_id(self, name: str) -> int: ...
     def port_name(self, port_id: int) -> str: ...
     async def reload(self) -> dict[str, Any]: ...
+    async def add_port_live(self, raw: dict[str, Any]) -> dict[str, Any]: ...
+    async def remove_port_live(self, name: str) -> dict[str, Any]: ...
 
 
 def _port_arg(v: Any, what: str = "port") -> str:
@@ -80,6 +92,24 @@ def commands(sw: SwitchState) -> dict[str, Command]:
 
     async def version() -> dict[str, Any]:
         return {"version": __version__}
+
+    async def hello() -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "protocol": PROTOCOL,
+            "commands": sorted(table),
+            "config": str(sw.config.source) if sw.config.source else None,
+        }
+
+    async def port_add(port: Any) -> dict[str, Any]:
+        if not isinstance(port, dict):
+            raise ControlError(f"port must be a mapping of the port's keys, got {port!r}")
+        result = await sw.add_port_live(port)
+        name = port.get("name")
+        return {"port": port_info(name) if name in sw.ports else None, **result}
+
+    async def port_del(name: Any) -> dict[str, Any]:
+        return await sw.remove_port_live(_port_arg(name, "name"))
 
     async def ports(port: str | None = None) -> list[dict[str, Any]]:
         if port is not None:
@@ -141,7 +171,13 @@ def commands(sw: SwitchState) -> dict[str, Command]:
             "reloads": dict(sw.reloads),
             "metrics": sw.metrics.address if sw.metrics else None,
             "captures": {
-                n: {"frames": c.frames, "direction": c.args.direction, "format": c.args.format}
+                n: {
+                    "frames": c.frames,
+                    "direction": c.args.direction,
+                    "format": c.args.format,
+                    "ports": list(c.args.ports),
+                    "filter": c.args.filter,
+                }
                 for n, c in sw.captures.items()
             },
         }
@@ -157,25 +193,35 @@ def commands(sw: SwitchState) -> dict[str, Command]:
         format: Any = "pcapng",
         buffer: Any = DEFAULT_BUFFER,
         duration: Any = None,
+        filter: Any = None,
     ) -> Stream:
-        args = parse_args(port, direction, count, snaplen, format, buffer, duration)
-        pid = sw.port_id(args.port)
-        if args.port in sw.captures:
-            raise ControlError(
-                f"port {args.port} already has a capture running (one per port: "
-                "stop the other `vswitch capture` first)"
-            )
+        args = parse_args(port, direction, count, snaplen, format, buffer, duration, filter)
+        for name in args.ports:
+            sw.port_id(name)  # "no port" before compiling anything
+        # libpcap's message for a bad expression.  In a thread: a host name in the
+        # expression is looked up (DNS), which must not stop the loop.
+        program = await asyncio.to_thread(parse_filter, args.filter) if args.filter else None
+        pids = [sw.port_id(name) for name in args.ports]  # again: the await let reloads run
+        for name in args.ports:
+            if name in sw.captures:
+                raise ControlError(
+                    f"port {name} already has a capture running (one per port: "
+                    "stop the other `vswitch capture` first)"
+                )
 
         def ended(c: Capture) -> None:
-            if sw.captures.get(args.port) is c:
-                del sw.captures[args.port]
+            for name in c.args.ports:
+                if sw.captures.get(name) is c:
+                    del sw.captures[name]
 
-        cap = Capture(dp(), pid, args, ended)
+        cap = Capture(dp(), pids, args, ended, program)
         stream = cap.start()  # ControlError if the fast path refuses (EBUSY, ENOMEM)
-        sw.captures[args.port] = cap
+        for name in args.ports:
+            sw.captures[name] = cap
         return stream
 
-    return {
+    table: dict[str, Command] = {
+        "hello": hello,
         "version": version,
         "ports": ports,
         "fdb": fdb,
@@ -185,4 +231,7 @@ def commands(sw: SwitchState) -> dict[str, Command]:
         "stats": stats,
         "reload": reload,
         "capture": capture,
+        "port-add": port_add,
+        "port-del": port_del,
     }
+    return table

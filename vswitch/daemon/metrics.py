@@ -70,6 +70,11 @@ PORT_COUNTERS: dict[str, tuple[str, dict[str, str], str]] = {
     ),
     "cap_packets": ("vswitch_port_capture_packets", {}, "Frames copied to a capture"),
     "cap_drops": ("vswitch_port_capture_drops", {}, "Frames a capture missed (slow reader)"),
+    "cap_filtered": (
+        "vswitch_port_capture_filtered",
+        {},
+        "Frames a capture's filter left out (never copied)",
+    ),
 }
 PORT_GAUGES = {"fdb_count": ("vswitch_port_fdb_entries", "Dynamic MAC addresses on the port")}
 # struct vs_switch_stats field -> (family, kind, help)

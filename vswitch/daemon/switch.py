@@ -7,10 +7,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from vswitch import __version__
 from vswitch.config import Config, PortConfig, load_config
+from vswitch.config.edit import with_port_added, with_port_removed
 from vswitch.control import ControlServer, make_handler
 from vswitch.daemon.capture import Capture
 from vswitch.daemon.commands import commands
@@ -143,7 +145,9 @@ class Switch:
         port = self.ports.pop(name)
         cap = self.captures.get(name)
         if cap is not None:
-            cap.abort(why)
+            cap.abort(why, port=name)  # a capture of several ports goes on without it
+            if self.captures.get(name) is cap:
+                del self.captures[name]
         await port.stop()
 
     def port_id(self, name: str) -> int:
@@ -252,6 +256,38 @@ class Switch:
             "changes": plan.lines,
             "warnings": plan.warnings,
         }
+
+    # Runtime port changes (port-add, port-del)
+
+    async def add_port_live(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """Add a port given as its mapping in a file: validated like the file with the port
+        in it, then applied like a reload of that one port."""
+        return await self._change_ports("port-add", lambda cfg: with_port_added(cfg, raw))
+
+    async def remove_port_live(self, name: str) -> dict[str, Any]:
+        return await self._change_ports("port-del", lambda cfg: with_port_removed(cfg, name))
+
+    async def _change_ports(
+        self, what: str, edit: Callable[[Config], Config]
+    ) -> dict[str, Any]:
+        async with self._reload_lock:  # never between the steps of a reload
+            try:
+                new = edit(self.config)
+            except ConfigError as exc:  # one line per problem, each "port-add: ..."
+                raise ControlError(str(exc)) from None
+            self.notify.reloading()
+            try:
+                plan = diff(self.config, new)
+                try:
+                    self.config = await apply(self, plan)
+                except (StartupError, ControlError) as exc:
+                    log.error("%s refused: %s", what, exc, extra={"event": "reload"})
+                    raise ControlError(f"{what} refused: {exc}") from None
+            finally:
+                self.notify.ready(self.status_line())
+        if plan.errors:
+            raise ControlError(f"{what} failed:\n" + "\n".join(plan.errors))
+        return {"changes": plan.lines, "warnings": plan.warnings}
 
     # Timers
 
