@@ -50,8 +50,10 @@
  *     thread is interrupted (VS_SIGWAKE), the call fails with EINTR, and the
  *     port whose eventfd it was is broken;
  *   - the same port served all along (run.serving, with no loop completed:
- *     run.beat) while the thread's CPU clock ran for at least half the
- *     wait: the thread is working in that port, not preempted; it is asked
+ *     run.beat) while the thread's CPU clock ran for at least a quarter of
+ *     the wait (a preempted thread's barely moves; a spinning one on a
+ *     host with more runnable threads than cores may get well under half):
+ *     the thread is working in that port, not preempted; it is asked
  *     (run.wedged) to break the port as soon as it returns from it;
  *   - anything else (the thread preempted on a loaded host, or blocked
  *     where we cannot see: a page fault on a slow file): nothing is broken,
@@ -401,7 +403,7 @@ static void watchdog(struct vs_switch *sw, uint64_t beat0, int32_t serving0, uin
     int32_t serving = __atomic_load_n(&r->serving, __ATOMIC_RELAXED);
     uint64_t cpu = thread_cpu_ns(r);
     if (serving >= 0 && serving == serving0 &&
-        __atomic_load_n(&r->beat, __ATOMIC_RELAXED) == beat0 && cpu0 && cpu - cpu0 >= waited_ns / 2)
+        __atomic_load_n(&r->beat, __ATOMIC_RELAXED) == beat0 && cpu0 && cpu - cpu0 >= waited_ns / 4)
         __atomic_store_n(&r->wedged, serving, __ATOMIC_RELAXED);
 }
 
