@@ -20,7 +20,7 @@ LAYERS = [
     {"fastpath", "config"},
     {"vhost", "netsys"},
     {"control", "ports"},
-    {"daemon", "lab"},
+    {"daemon", "lab", "client"},
     {"cli"},
     {"__main__"},
 ]
