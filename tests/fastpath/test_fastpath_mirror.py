@@ -92,7 +92,7 @@ def test_frame_flooded_to_the_mirror_is_not_copied_again(sw: Switch) -> None:
 
 
 def test_burst_order_is_kept_between_copies_and_own_frames(sw: Switch) -> None:
-    a, b, m = setup3(sw)
+    a, _b, m = setup3(sw)
     assert set_mirror(sw, m.id, [a.id], RX) == 0
     frames = [eth(MB if i % 2 else MM, MA, 80 + i) for i in range(8)]
     for f in frames:
@@ -103,7 +103,7 @@ def test_burst_order_is_kept_between_copies_and_own_frames(sw: Switch) -> None:
 
 
 def test_mirror_never_gets_its_own_frames_back(sw: Switch) -> None:
-    a, b, m = setup3(sw)
+    _a, b, m = setup3(sw)
     assert set_mirror(sw, m.id, [b.id], BOTH) == 0
     f = eth(MB, MM, 70)
     assert m.send(f) == 1
@@ -186,7 +186,7 @@ def test_set_mirror_checks_and_replaces(sw: Switch) -> None:
     # A refused call changed nothing; a new one replaces the old; none clears.
     assert set_mirror(sw, m.id, [a.id], RX) == 0
     assert set_mirror(sw, m.id, [b.id], RX) == 0
-    ab, ba = traffic(a, b, 1)
+    _ab, ba = traffic(a, b, 1)
     assert m.frames() == ba
     assert set_mirror(sw, m.id, [], 0) == 0
     traffic(a, b, 1)
