@@ -53,6 +53,9 @@ def test_example_config_loads(tmp_path: Path) -> None:
     vm1 = next(p for p in cfg.ports if p.name == "vm1")
     assert (vm1.socket_mode, vm1.owner, vm1.group, vm1.mtu) == (0o660, 0, 0, 1500)
     assert vm1.static_macs == (parse_mac("52:54:00:00:00:01"),)
+    vm2 = next(p for p in cfg.ports if p.name == "vm2")
+    assert vm2.mirror is not None
+    assert (vm2.mirror.sources, vm2.mirror.direction) == (("vm1",), "both")
 
 
 def test_defaults(tmp_path: Path) -> None:
