@@ -70,6 +70,10 @@
 #define VS_CAP_RX 1
 #define VS_CAP_TX 2
 
+/* Mirror directions (vs_port_set_mirror). */
+#define VS_MIRROR_RX 1
+#define VS_MIRROR_TX 2
+
 /* vs_port_state() bits. */
 #define VS_STATE_OPEN 1
 #define VS_STATE_UP 2
@@ -122,6 +126,8 @@ struct vs_port_stats {
     uint64_t cap_packets;           /* frames copied to an active capture */
     uint64_t cap_drops;             /* frames a capture missed: its reader was too slow */
     uint64_t cap_filtered;          /* frames a capture's filter left out (never copied) */
+    uint64_t tx_mirror;             /* mirror copies given to this port (also in tx_packets) */
+    uint64_t mirror_drops;          /* mirror copies it could not take (also in tx_drop_*) */
 };
 
 struct vs_switch_stats {
@@ -187,6 +193,18 @@ int vs_port_set_features(struct vs_switch *sw, uint32_t port, uint64_t features)
  * fault in a file that cannot be sealed (hugetlbfs) breaks the port. */
 int vs_port_set_mem(struct vs_switch *sw, uint32_t port,
                     const struct vs_mem_region *regions, uint32_t n);
+/* Mirror (SPAN): port gets a copy of every frame the switch takes from the
+ * ports in from (dirs & VS_MIRROR_RX) and of every frame it forwards to them
+ * (dirs & VS_MIRROR_TX), as it forwards them, in the same burst; replaces
+ * what the port mirrored before (n == 0 or dirs == 0: nothing).  A frame
+ * reaches the port once however many reasons it has to (flooded to it as
+ * well, or taken from one source and forwarded to another), never when the
+ * port sent it, and copies are never mirrored again.  A copy the port has no
+ * room for is dropped and counted on it (mirror_drops and the drop's
+ * reason), never held back.  The sources must be open ports other than port;
+ * closing a port takes it out of every mirror.  -EINVAL, -ENODEV. */
+int vs_port_set_mirror(struct vs_switch *sw, uint32_t port, const uint32_t *from, uint32_t n,
+                       uint32_t dirs);
 uint32_t vs_port_state(struct vs_switch *sw, uint32_t port);
 /* Why the port was marked broken; "" when it is not. */
 const char *vs_port_error(struct vs_switch *sw, uint32_t port);

@@ -84,6 +84,114 @@ static inline void queue_on(struct vs_switch *sw, uint32_t port, struct vs_pkt *
     d->pending[d->npending++] = pkt;
 }
 
+/* Mirrors (vs_port_set_mirror) are worked out once a burst is queued,
+ * before it is delivered, and only when some port mirrors another
+ * (sw->mirroring: one branch per burst otherwise).  Each mirror port
+ * collects, as bits by index in the burst, the frames it should copy: all of
+ * them when it mirrors the sender's rx, those queued on a port whose tx it
+ * mirrors; then its own queue is rebuilt in burst order from those and the
+ * frames queued on it already (each frame once), and delivered.  Copies are
+ * worked out from the queues as forwarding left them, so a copy is never
+ * mirrored again, and the sender never gets its own frames back. */
+_Static_assert(VS_BURST <= 32, "a burst's frames are bits of a uint32_t");
+
+static inline uint32_t burst_bits(uint32_t n)
+{
+    return n >= 32 ? ~0U : (1U << n) - 1;
+}
+
+/* Adds the frames in bits to what each port in set should get a copy of. */
+static void mirror_want(struct vs_switch *sw, uint32_t in, const uint64_t *set, uint32_t bits)
+{
+    for (uint32_t w = 0; w < VS_MAX_PORTS / 64; w++) {
+        for (uint64_t m = set[w]; m != 0; m &= m - 1) {
+            uint32_t o = w * 64 + (uint32_t)__builtin_ctzll(m);
+            struct vs_port *d = &sw->ports[o];
+            if (o == in || !d->open || !can_take(d))
+                continue;
+            if (d->mir_want == 0)
+                sw->mir_due[sw->nmir++] = o;
+            d->mir_want |= bits;
+        }
+    }
+}
+
+/* Delivers to mirror port o its burst: the frames queued on it and its
+ * copies, in burst order, each once.  The delivery is the normal one (one
+ * enqueue); the copies it took are counted from where the enqueue stopped. */
+static void mirror_deliver(struct vs_switch *sw, uint32_t o, struct vs_pkt *pkts)
+{
+    struct vs_port *d = &sw->ports[o];
+    uint32_t queued = 0;
+    for (uint32_t j = 0; j < d->npending; j++)
+        queued |= 1U << (uint32_t)(d->pending[j] - pkts);
+    if (d->npending > 0) {
+        /* Out of the burst's delivery list: delivered here instead. */
+        for (uint32_t k = 0; k < sw->ndirty; k++) {
+            if (sw->dirty[k] == o) {
+                sw->dirty[k] = sw->dirty[--sw->ndirty];
+                break;
+            }
+        }
+    }
+    uint32_t copies = d->mir_want & ~queued, all = d->mir_want | queued;
+    d->mir_want = 0;
+    /* Frames too long for the port are dropped here, as the enqueue would
+     * drop them, so that what it delivers is a prefix of the queue. */
+    uint32_t np = 0, copy_at = 0, ncopies = (uint32_t)__builtin_popcount(copies), got = 0;
+    for (; all != 0; all &= all - 1) {
+        uint32_t j = (uint32_t)__builtin_ctz(all);
+        if (pkts[j].len > d->mtu + 18) {
+            d->st.tx_drop_too_long++;
+            continue;
+        }
+        if (copies >> j & 1)
+            copy_at |= 1U << np;
+        d->pending[np++] = &pkts[j];
+    }
+    d->npending = 0;
+    if (d->kind == VS_PORT_TAP) {
+        /* One write per frame anyway: each one's outcome is known. */
+        for (uint32_t j = 0; j < np; j++) {
+            if (d->broken) {
+                d->st.tx_drop_port_down += np - j;
+                break;
+            }
+            if (vs_tap_enqueue(d, &d->pending[j], 1) > 0)
+                got += copy_at >> j & 1;
+        }
+    } else {
+        /* A vring enqueue delivers its queue up to the first frame that
+         * finds no room (vs_vring_rx.c), once none is too long. */
+        uint32_t sent = vs_vring_enqueue(d, &d->vq[VS_QUEUE_RX], d->pending, np);
+        if (sent > 0)
+            signal_due(sw, o, VS_QUEUE_RX);
+        got = (uint32_t)__builtin_popcount(copy_at & burst_bits(sent));
+    }
+    d->st.tx_mirror += got;
+    d->st.mirror_drops += ncopies - got;
+}
+
+static void mirror_burst(struct vs_switch *sw, uint32_t in, struct vs_pkt *pkts, uint32_t n)
+{
+    struct vs_port *ip = &sw->ports[in];
+    if (ip->mirrored & VS_MIRROR_RX)
+        mirror_want(sw, in, ip->mir[0], burst_bits(n));
+    for (uint32_t k = 0; k < sw->ndirty; k++) {
+        struct vs_port *d = &sw->ports[sw->dirty[k]];
+        if (!(d->mirrored & VS_MIRROR_TX))
+            continue;
+        uint32_t queued = 0;
+        for (uint32_t j = 0; j < d->npending; j++)
+            queued |= 1U << (uint32_t)(d->pending[j] - pkts);
+        mirror_want(sw, in, d->mir[1], queued);
+    }
+    /* One at a time off the list, so that a fault in one mirror port's
+     * memory leaves the rest to vs_forward_recover. */
+    while (sw->nmir > 0)
+        mirror_deliver(sw, sw->mir_due[--sw->nmir], pkts);
+}
+
 /* Frames of one burst mostly share their addresses (a flow, a bulk
  * transfer), so the last source learned and the last destination looked up
  * are remembered for the burst.  Learning can only change the entry of the
@@ -131,6 +239,8 @@ static void forward(struct vs_switch *sw, uint32_t in, struct vs_pkt *pkts, uint
             }
         }
     }
+    if (__builtin_expect(sw->mirroring != 0, 0))
+        mirror_burst(sw, in, pkts, n);
     for (uint32_t k = 0; k < sw->ndirty; k++) {
         struct vs_port *d = &sw->ports[sw->dirty[k]];
         if (d->kind == VS_PORT_TAP)
@@ -305,6 +415,10 @@ void vs_forward_recover(struct vs_switch *sw)
     /* The burst's frames lie in the served port's memory (or in our own
      * buffers, for a TAP): if that is what faulted, they are gone. */
     bool lost = !ip || ip->broken;
+    /* Mirror ports whose copies were not delivered yet: the copies are
+     * gone (what was queued on them goes on below). */
+    while (sw->nmir > 0)
+        sw->ports[sw->mir_due[--sw->nmir]].mir_want = 0;
     for (uint32_t k = 0; k < sw->ndirty; k++) {
         struct vs_port *d = &sw->ports[sw->dirty[k]];
         uint32_t n = d->npending;

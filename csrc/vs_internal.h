@@ -172,6 +172,15 @@ struct vs_port {
     struct vs_mem mem;
     struct vs_vring vq[VS_MAX_QUEUES];
     struct vs_port_stats st;
+    /* Mirrors (vs_port_set_mirror): the ports that get a copy of the frames
+     * the switch takes from this one (mir[0]) and of those it forwards to it
+     * (mir[1]), a bit per port; mirrored has bit VS_MIRROR_RX when mir[0]
+     * has any, VS_MIRROR_TX for mir[1].  mir_want: while a burst is
+     * forwarded, the frames (bits by index in the burst) to copy to this
+     * port. */
+    uint64_t mir[2][VS_MAX_PORTS / 64];
+    uint32_t mirrored;
+    uint32_t mir_want;
     /* Frames queued for this port during one burst (Snabb's link). */
     uint32_t npending;
     struct vs_pkt *pending[VS_BURST];
@@ -273,6 +282,9 @@ struct vs_switch {
     uint32_t open_ids[VS_MAX_PORTS];
     uint32_t ndirty;                /* ports with pending frames this burst */
     uint32_t dirty[VS_MAX_PORTS];
+    uint32_t mirroring;             /* ports some port mirrors: 0 = mirroring costs nothing */
+    uint32_t nmir;                  /* mirror ports with copies due this burst (mir_want) */
+    uint32_t mir_due[VS_MAX_PORTS];
     uint32_t nsignal;               /* rings with signal_due: port * VS_MAX_QUEUES + queue */
     uint32_t signal[VS_MAX_PORTS * VS_MAX_QUEUES];
     struct vs_runner run;

@@ -102,12 +102,71 @@ void vs_port_reset(struct vs_switch *sw, uint32_t port)
     vs_fdb_remove_port(&sw->fdb, (int)port, false);
 }
 
+/* Recounts the ports some port mirrors (sw->mirroring, what forward()
+ * looks at once per burst) after a change to a mirror. */
+static void mirror_recount(struct vs_switch *sw)
+{
+    uint32_t n = 0;
+    for (uint32_t k = 0; k < sw->nopen; k++) {
+        struct vs_port *s = &sw->ports[sw->open_ids[k]];
+        s->mirrored = 0;
+        for (uint32_t d = 0; d < 2; d++) {
+            uint64_t any = 0;
+            for (uint32_t w = 0; w < VS_MAX_PORTS / 64; w++)
+                any |= s->mir[d][w];
+            if (any)
+                s->mirrored |= d == 0 ? VS_MIRROR_RX : VS_MIRROR_TX;
+        }
+        n += s->mirrored != 0;
+    }
+    sw->mirroring = n;
+}
+
+/* Takes port out of every port's mirror destinations. */
+static void mirror_forget(struct vs_switch *sw, uint32_t port)
+{
+    for (uint32_t k = 0; k < sw->nopen; k++) {
+        struct vs_port *s = &sw->ports[sw->open_ids[k]];
+        for (uint32_t d = 0; d < 2; d++)
+            s->mir[d][port / 64] &= ~(1ULL << (port % 64));
+    }
+}
+
+int vs_port_set_mirror(struct vs_switch *sw, uint32_t port, const uint32_t *from, uint32_t n,
+                       uint32_t dirs)
+{
+    if (!vs_port_get(sw, port))
+        return -ENODEV;
+    if ((dirs & ~(uint32_t)(VS_MIRROR_RX | VS_MIRROR_TX)) != 0 || n > VS_MAX_PORTS)
+        return -EINVAL;
+    for (uint32_t i = 0; i < n; i++) {
+        if (from[i] == port)
+            return -EINVAL;
+        if (!vs_port_get(sw, from[i]))
+            return -ENODEV;
+    }
+    mirror_forget(sw, port);
+    for (uint32_t i = 0; i < n; i++) {
+        struct vs_port *s = &sw->ports[from[i]];
+        if (dirs & VS_MIRROR_RX)
+            s->mir[0][port / 64] |= 1ULL << (port % 64);
+        if (dirs & VS_MIRROR_TX)
+            s->mir[1][port / 64] |= 1ULL << (port % 64);
+    }
+    mirror_recount(sw);
+    return 0;
+}
+
 void vs_port_close(struct vs_switch *sw, uint32_t port)
 {
     struct vs_port *p = vs_port_get(sw, port);
     if (!p)
         return;
     vs_port_reset(sw, port);
+    /* Out of every mirror, as a source (its own bits go with it) and as a
+     * destination. */
+    memset(p->mir, 0, sizeof(p->mir));
+    mirror_forget(sw, port);
     vs_fdb_remove_port(&sw->fdb, (int)port, true);
     vs_capture_stop(sw, port);
     p->open = false;
@@ -117,6 +176,7 @@ void vs_port_close(struct vs_switch *sw, uint32_t port)
             break;
         }
     }
+    mirror_recount(sw);
 }
 
 int vs_port_set_mtu(struct vs_switch *sw, uint32_t port, uint32_t mtu)

@@ -30,6 +30,8 @@ PORT_TAP: int = lib.VS_PORT_TAP
 CAP_RX: int = lib.VS_CAP_RX
 CAP_TX: int = lib.VS_CAP_TX
 CAP_HDR = ffi.sizeof("struct vs_cap_hdr")
+MIRROR_RX: int = lib.VS_MIRROR_RX
+MIRROR_TX: int = lib.VS_MIRROR_TX
 
 PORT_STAT_FIELDS = [f for f, _ in ffi.typeof("struct vs_port_stats").fields]
 SWITCH_STAT_FIELDS = [f for f, _ in ffi.typeof("struct vs_switch_stats").fields]
@@ -258,6 +260,15 @@ class Fastpath:
                 "as QEMU's memory-backend-memfd does (seal=on, the default)",
             )
         _check(rc, "map guest memory")
+
+    @_parked
+    def set_mirror(self, port: int, sources: Sequence[int], dirs: int) -> None:
+        """Port gets copies of the frames the switch takes from `sources` (dirs has
+        MIRROR_RX) and gives them (MIRROR_TX); replaces its mirror, none clears it."""
+        arr = ffi.new("uint32_t[]", max(len(sources), 1))
+        for i, s in enumerate(sources):
+            arr[i] = s
+        _check(lib.vs_port_set_mirror(self._sw, port, arr, len(sources), dirs), "set mirror")
 
     def state(self, port: int) -> int:
         return lib.vs_port_state(self._sw, port)

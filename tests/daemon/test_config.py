@@ -53,6 +53,9 @@ def test_example_config_loads(tmp_path: Path) -> None:
     vm1 = next(p for p in cfg.ports if p.name == "vm1")
     assert (vm1.socket_mode, vm1.owner, vm1.group, vm1.mtu) == (0o660, 0, 0, 1500)
     assert vm1.static_macs == (parse_mac("52:54:00:00:00:01"),)
+    vm2 = next(p for p in cfg.ports if p.name == "vm2")
+    assert vm2.mirror is not None
+    assert (vm2.mirror.sources, vm2.mirror.direction) == (("vm1",), "both")
 
 
 def test_defaults(tmp_path: Path) -> None:
@@ -133,7 +136,7 @@ BAD = {
     "unknown port key": (
         PORTS + "    mtux: 1500\n",
         "ports[0] (vm1).mtux: unknown key (did you mean 'mtu'? "
-        "known keys here: group, mac_limit, mode, mtu, name, owner, path, socket_mode, "
+        "known keys here: group, mac_limit, mirror, mode, mtu, name, owner, path, socket_mode, "
         "static_macs, type)",
     ),
     "wrong type": (
@@ -214,6 +217,35 @@ BAD = {
         PORTS + "    socket_mode: 660\n",
         "ports[0] (vm1).socket_mode: 660 is octal 1224: bits beyond rwxrwxrwx "
         '(write it as a quoted octal string, e.g. "0660")',
+    ),
+    "mirror of an unknown port": (
+        PORTS + "    mirror: {from: [vm1x]}\n",
+        "ports[0] (vm1).mirror.from[0]: no port 'vm1x' to mirror (ports: none; fix the name, "
+        "or add that port)",
+    ),
+    "mirror of itself": (
+        PORTS + "    mirror: {from: [vm1]}\n",
+        "ports[0] (vm1).mirror.from[0]: port vm1 cannot mirror itself (name the ports whose "
+        "traffic it should see)",
+    ),
+    "mirror of nothing": (
+        PORTS + "    mirror: {from: []}\n",
+        "ports[0] (vm1).mirror.from: no ports to mirror (name at least one, e.g. `from: [vm1]`)",
+    ),
+    "mirror lists a port twice": (
+        PORTS + "  - {name: vm2, type: vhost-user, path: vm2.sock, mirror: {from: [vm1, vm1]}}\n",
+        "ports[1] (vm2).mirror.from: port 'vm1' is listed twice (name each port once)",
+    ),
+    "mirror direction": (
+        PORTS + "    mirror: {from: [vm1], direction: in}\n",
+        "ports[0] (vm1).mirror.direction: the string 'in' is not allowed "
+        "(use one of 'rx', 'tx' or 'both')",
+    ),
+    "mirror key misspelt": (
+        PORTS + "  - {name: vm2, type: vhost-user, path: vm2.sock, "
+        "mirror: {from: [vm1], dirction: tx}}\n",
+        "ports[1] (vm2).mirror.dirction: unknown key (did you mean 'direction'? "
+        "known keys here: direction, from)",
     ),
     "unknown type": (
         "ports:\n  - {name: t1, type: vxlan}\n",

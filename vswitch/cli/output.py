@@ -79,6 +79,12 @@ def format_ports(ports: list[dict[str, Any]]) -> str:
             extra.append(f"macs {c.get('fdb_count', 0)} (limit {limit})")
         if p.get("capture"):
             extra.append("capture running")
+        mirror = p.get("mirror")
+        if mirror:
+            extra.append(
+                f"mirror of {', '.join(mirror['from'])} ({mirror['direction']}): "
+                f"{c.get('tx_mirror', 0)} copies, {c.get('mirror_drops', 0)} dropped"
+            )
         if extra:
             details.append(f"{pad}  {', '.join(extra)}")
         if p.get("error"):

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from vswitch.config.fields import describe
 from vswitch.config.model import Config, Loc, MetricsConfig, Problems, SwitchConfig
-from vswitch.config.ports import PORT_TYPES
+from vswitch.config.ports import PORT_TYPES, MirrorConfig
 from vswitch.errors import ConfigError
 
 # Bounds on what one file may cost to read.  A real configuration (256 ports, a lab of
@@ -129,8 +129,13 @@ def loc_text(loc: Loc) -> str:
     return out
 
 
+def _keys(model: type[BaseModel]) -> dict[str, Any]:
+    """A model's fields by the key a file writes (its alias, if it has one: `from`)."""
+    return {f.alias or name: f for name, f in model.model_fields.items()}
+
+
 def _example(model: type[BaseModel] | None, key: str) -> str:
-    field = model.model_fields.get(key) if model else None
+    field = _keys(model).get(key) if model else None
     if field is None or not field.examples:
         return f"{key}: ..."
     return f"{key}: {field.examples[0]}"
@@ -145,7 +150,7 @@ def _problem(
     if kind == "value_error":
         return str(ctx.get("error", err["msg"])).removeprefix("Value error, ")
     if kind == "extra_forbidden":
-        known = sorted(model.model_fields) if model else []
+        known = sorted(_keys(model)) if model else []
         close = difflib.get_close_matches(str(key), known, n=1) if suggest else []
         hint = f"did you mean {close[0]!r}? " if close else ""
         return f"unknown key ({hint}known keys here: {', '.join(known)})"
@@ -228,6 +233,8 @@ def _config_locate(err: dict[str, Any]) -> tuple[Loc, type[BaseModel] | None]:
         model = MetricsConfig
     elif not parent:
         model = Config
+    elif len(parent) == 3 and parent[0] == "ports" and parent[2] == "mirror":
+        model = MirrorConfig
     elif not (len(parent) == 2 and parent[0] == "ports" and isinstance(parent[1], int)):
         model = None
     return tuple(out), model

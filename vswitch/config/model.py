@@ -112,6 +112,19 @@ class Config(Model):
                 if key in seen:
                     problems.append((loc, f"{what} is already used by {seen[key]} ({fix})"))
                 seen.setdefault(key, here if loc[2] == "name" else f"{here}.{loc[2]}")
+        names = {port.name for port in self.ports}
+        for i, port in enumerate(self.ports):
+            if port.mirror is None:
+                continue
+            for j, src in enumerate(port.mirror.sources):
+                loc = ("ports", i, "mirror", "from", j)
+                if src == port.name:
+                    problems.append((loc, f"port {port.name} cannot mirror itself (name the "
+                                          "ports whose traffic it should see)"))  # fmt: skip
+                elif src not in names:
+                    known = ", ".join(sorted(names - {port.name})) or "none"
+                    problems.append((loc, f"no port {src!r} to mirror (ports: {known}; fix "
+                                          "the name, or add that port)"))  # fmt: skip
         if problems:
             raise Problems(problems)
         return self

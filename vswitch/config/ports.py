@@ -34,6 +34,34 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _sources(v: Any) -> Any:
+    if isinstance(v, str):
+        v = [v]  # `from: vm1` for `from: [vm1]`
+    if isinstance(v, list | tuple):
+        if not v:
+            raise ValueError("no ports to mirror (name at least one, e.g. `from: [vm1]`)")
+        seen = [n for i, n in enumerate(v) if n in v[:i]]
+        if seen:
+            raise ValueError(f"port {seen[0]!r} is listed twice (name each port once)")
+    return v
+
+
+class MirrorConfig(Model):
+    """`mirror:` on a port: it also gets a copy of the frames the switch takes from the
+    ports in `from` (direction rx), of those it gives them (tx), or both.  The port stays
+    a normal port otherwise: it sends and receives its own frames as before."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    sources: Annotated[tuple[PortName, ...], BeforeValidator(_sources)] = Field(
+        alias="from", examples=["[vm1, vm2]"]
+    )
+    direction: Literal["rx", "tx", "both"] = "both"
+
+    def __str__(self) -> str:
+        return f"from [{', '.join(self.sources)}] direction {self.direction}"
+
+
 class VhostUserPort(Model):
     """A port a QEMU guest attaches to with `-netdev vhost-user`.
 
@@ -52,6 +80,7 @@ class VhostUserPort(Model):
     mtu: Mtu = 1500
     mac_limit: MacLimit = DEFAULT_MAC_LIMIT
     static_macs: tuple[Mac, ...] = ()  # 48-bit ints
+    mirror: MirrorConfig | None = None
 
     @property
     def socket_paths(self) -> tuple[Path, ...]:
@@ -87,6 +116,7 @@ class TapPort(Model):
     up: Annotated[bool, BeforeValidator(check_bool)] = True
     mac_limit: MacLimit = DEFAULT_MAC_LIMIT
     static_macs: tuple[Mac, ...] = ()
+    mirror: MirrorConfig | None = None
 
     @model_validator(mode="before")
     @classmethod

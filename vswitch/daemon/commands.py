@@ -88,6 +88,9 @@ def commands(sw: SwitchState) -> dict[str, Command]:
         info = p.info()
         info["mac_limit"] = p.cfg.mac_limit
         info["capture"] = name in sw.captures
+        m = p.cfg.mirror
+        info["mirror"] = None if m is None else {"from": list(m.sources),
+                                                 "direction": m.direction}  # fmt: skip
         return info
 
     async def version() -> dict[str, Any]:

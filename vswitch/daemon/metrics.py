@@ -75,6 +75,12 @@ PORT_COUNTERS: dict[str, tuple[str, dict[str, str], str]] = {
         {},
         "Frames a capture's filter left out (never copied)",
     ),
+    "tx_mirror": ("vswitch_port_tx_mirror", {}, "Mirror copies given to the port (mirror:)"),
+    "mirror_drops": (
+        "vswitch_port_mirror_drops",
+        {},
+        "Mirror copies the port had no room for (also counted in its tx drops)",
+    ),
 }
 PORT_GAUGES = {"fdb_count": ("vswitch_port_fdb_entries", "Dynamic MAC addresses on the port")}
 # struct vs_switch_stats field -> (family, kind, help)

@@ -2,10 +2,10 @@
 without touching what did not change.
 
 - Ports are matched by name.  A new name is added, a missing one removed.  A changed port
-  is changed in place when only `mac_limit` or `static_macs` differ, or for vhost-user also
-  `mtu` and the socket file's `socket_mode` / `owner` / `group`; anything else (a new
-  `path`, `type` or vhost `mode`) restarts that port: its guest sees the link go down and
-  must reconnect.
+  is changed in place when only `mac_limit`, `static_macs` or `mirror` differ, or for
+  vhost-user also `mtu` and the socket file's `socket_mode` / `owner` / `group`; anything
+  else (a new `path`, `type` or vhost `mode`) restarts that port: its guest sees the link
+  go down and must reconnect.
 - `switch.mac_age` and `switch.log_level` apply at once; `switch.poll_idle_us` and
   `poll_linger_ns` restart the poll thread (frames wait microseconds, none is lost).
   `switch.fdb_size` and `switch.datapath` are not applied: the MAC table and the data
@@ -45,6 +45,7 @@ class Target(Protocol):
     ports: dict[str, Port]
 
     async def add_port(self, pc: PortConfig) -> None: ...
+    def sync_mirrors(self) -> None: ...
     async def remove_port(self, name: str, why: str = ...) -> None: ...
     async def start_metrics(self, host: str, port: int) -> None: ...
     async def stop_metrics(self) -> None: ...
@@ -183,6 +184,10 @@ async def apply(sw: Target, plan: Plan) -> Config:
         else:
             c = next(c for c in restarts if c.name == pc.name)
             _note(plan, f"port {pc.name} restarted: {_changes(c.old, c.new, c.fields)}")
+
+    # Mirrors name other ports: given to the fast path again once every port is in place
+    # (adding and removing ports did too; this covers a change of `mirror:` alone).
+    sw.sync_mirrors()
 
     # 4. Switch-wide settings, metrics, control socket.
     switch = _apply_switch(sw, plan)

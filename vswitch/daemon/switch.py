@@ -20,7 +20,7 @@ from vswitch.daemon.metrics import MetricsServer, Snapshot
 from vswitch.daemon.notify import Notifier
 from vswitch.daemon.reload import apply, diff
 from vswitch.errors import ConfigError, ControlError, StartupError
-from vswitch.fastpath import Fastpath
+from vswitch.fastpath import MIRROR_RX, MIRROR_TX, Fastpath
 from vswitch.netsys.fds import raise_fd_limit
 from vswitch.ports import Port, new_port
 from vswitch.text import plural
@@ -139,6 +139,7 @@ class Switch:
             self.ports.pop(pc.name, None)
             await port.stop()
             raise
+        self.sync_mirrors()
 
     async def remove_port(self, name: str, why: str = "port removed") -> None:
         """Stop a port: its capture ends, its MAC addresses go, its socket is removed."""
@@ -148,7 +149,28 @@ class Switch:
             cap.abort(why, port=name)  # a capture of several ports goes on without it
             if self.captures.get(name) is cap:
                 del self.captures[name]
-        await port.stop()
+        await port.stop()  # the fast path takes it out of every mirror
+        self.sync_mirrors()
+
+    def sync_mirrors(self) -> None:
+        """Gives the fast path every port's `mirror:` as the ports run now: a source that
+        is not running is left out until it starts (a port's index may change when it
+        restarts, so this runs after every change to the ports)."""
+        dp = self.dp
+        if dp is None:
+            return
+        dirs = {"rx": MIRROR_RX, "tx": MIRROR_TX, "both": MIRROR_RX | MIRROR_TX}
+        with dp.paused():  # once for all of them
+            for p in self.ports.values():
+                m = p.cfg.mirror
+                if p.port < 0 or (m is None and not p.mirrors):
+                    continue
+                ids = [] if m is None else [
+                    self.ports[n].port for n in m.sources
+                    if n in self.ports and self.ports[n].port >= 0
+                ]  # fmt: skip
+                dp.set_mirror(p.port, ids, dirs[m.direction] if m and ids else 0)
+                p.mirrors = bool(ids)
 
     def port_id(self, name: str) -> int:
         """The fast path's index of a port, or ControlError naming the known ports."""

@@ -21,14 +21,16 @@ log = logging.getLogger("vswitch")
 class Port(ABC):
     kind: ClassVar[str]
     # Config fields a running port takes without a restart: the switch-side settings
-    # every kind has; a kind adds its own.
-    IN_PLACE: ClassVar[frozenset[str]] = frozenset({"mac_limit", "static_macs"})
+    # every kind has; a kind adds its own.  `mirror` names other ports, so the switch
+    # applies it (Switch.sync_mirrors), after any change to the ports.
+    IN_PLACE: ClassVar[frozenset[str]] = frozenset({"mac_limit", "static_macs", "mirror"})
 
     def __init__(self, cfg: PortConfig, dp: Fastpath) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self.dp = dp
         self.port = -1  # the fast path's index, while open
+        self.mirrors = False  # the fast path copies other ports' frames to it
 
     @abstractmethod
     async def start(self) -> None:
@@ -103,3 +105,4 @@ class Port(ABC):
         if self.port >= 0:
             self.dp.close_port(self.port)
             self.port = -1
+            self.mirrors = False
