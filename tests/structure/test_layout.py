@@ -16,7 +16,7 @@ LONG = {
 # Each layer may import the ones below it, never one above (a package's own modules may
 # import each other, as long as there is no cycle).
 LAYERS = [
-    {"errors", "mac", "text", "logs", "limits", "pcap", "_fastpath"},
+    {"errors", "mac", "text", "logs", "limits", "pcap", "bpf", "_fastpath", "_pcap"},
     {"fastpath", "config"},
     {"vhost", "netsys"},
     {"control", "ports"},
