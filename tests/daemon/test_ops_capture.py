@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import need_tool
 from support.ops import VGuest, config, frames, wait_until
+from support.ops import capture_cli as cli
+from support.ops import capture_finish as finish
 
 from vswitch.control import Client, request
 from vswitch.daemon.switch import Switch
@@ -48,17 +50,6 @@ async def guests(sw: Switch) -> AsyncIterator[tuple[VGuest, VGuest]]:
     b.close()
 
 
-async def cli(sw: Switch, *args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "vswitch", "capture", *args, "--control", str(sw.config.control),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-
-
-async def finish(proc: asyncio.subprocess.Process) -> tuple[str, str]:
-    out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
-    assert proc.returncode == 0, err.decode()
-    return out.decode(), err.decode()
 
 
 async def capturing(sw: Switch, port: str) -> None:

@@ -218,3 +218,24 @@ class Daemon:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+# `vswitch capture` as a child process, for the capture tests
+
+
+CAPTURE_TIMEOUT = 30
+
+
+async def capture_cli(sw: Switch, *args: str) -> asyncio.subprocess.Process:
+    """`vswitch capture ARGS` against the switch's control socket, its output piped."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "vswitch", "capture", *args, "--control", str(sw.config.control),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
+async def capture_finish(proc: asyncio.subprocess.Process) -> tuple[str, str]:
+    """Its stdout and stderr once it exited 0."""
+    out, err = await asyncio.wait_for(proc.communicate(), CAPTURE_TIMEOUT)
+    assert proc.returncode == 0, err.decode()
+    return out.decode(), err.decode()
