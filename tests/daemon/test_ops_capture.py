@@ -13,6 +13,7 @@ from conftest import need_tool
 from support.ops import VGuest, config, frames, wait_until
 from support.ops import capture_cli as cli
 from support.ops import capture_finish as finish
+from support.ops import tshark_fields as fields
 
 from vswitch.control import Client, request
 from vswitch.daemon.switch import Switch
@@ -56,16 +57,6 @@ async def capturing(sw: Switch, port: str) -> None:
     await wait_until(lambda: port in sw.captures, what=f"a capture on {port}")
 
 
-async def fields(tshark: str, path: Path, *names: str) -> list[list[str]]:
-    args = [tshark, "-r", str(path), "-T", "fields", "-E", "separator=|"]
-    for n in names:
-        args += ["-e", n]
-    proc = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
-    assert proc.returncode == 0, err.decode()
-    return [line.split("|") for line in out.decode().splitlines()]
 
 
 async def test_capture_both_directions_to_pcapng(

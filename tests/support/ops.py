@@ -239,3 +239,16 @@ async def capture_finish(proc: asyncio.subprocess.Process) -> tuple[str, str]:
     out, err = await asyncio.wait_for(proc.communicate(), CAPTURE_TIMEOUT)
     assert proc.returncode == 0, err.decode()
     return out.decode(), err.decode()
+
+
+async def tshark_fields(tshark: str, path: Path, *names: str) -> list[list[str]]:
+    """`tshark -r PATH -T fields` for the named fields: one list of values per frame."""
+    args = [tshark, "-r", str(path), "-T", "fields", "-E", "separator=|"]
+    for n in names:
+        args += ["-e", n]
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), CAPTURE_TIMEOUT)
+    assert proc.returncode == 0, err.decode()
+    return [line.split("|") for line in out.decode().splitlines()]
