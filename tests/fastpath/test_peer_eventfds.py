@@ -7,6 +7,7 @@ front end likes (3 s here, every time it wins)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -25,6 +26,8 @@ def test_a_write_blocked_by_a_racing_front_end_is_interrupted() -> None:
     def hostile() -> None:
         while not stop.is_set():
             os.read(fd, 8)  # empties the counter: the switch's poll says "writable"...
+            if stop.is_set():
+                break
             os.write(fd, FULL)  # ...and its write, if it comes now, blocks
             stop.wait(3)
 
@@ -40,6 +43,17 @@ def test_a_write_blocked_by_a_racing_front_end_is_interrupted() -> None:
     finally:
         stop.set()
         fp.close()
-    t.join(5)
+        # Free the thread wherever it waits (a write on a full counter: empty it; a read
+        # on an empty one: add 1), then wait for it: it must be gone before fd is closed,
+        # or it could write into whatever file reuses the number.
+        os.set_blocking(fd, False)
+        deadline = time.monotonic() + 5
+        while t.is_alive() and time.monotonic() < deadline:
+            with contextlib.suppress(BlockingIOError):
+                os.read(fd, 8)
+            with contextlib.suppress(BlockingIOError):
+                os.eventfd_write(fd, 1)
+            t.join(0.05)
+    assert not t.is_alive(), "the hostile thread did not end"
     os.close(fd)
     assert worst < 1.5, f"an eventfd write blocked for {worst:.2f} s"
