@@ -9,7 +9,6 @@ VSWITCH_SOAK_HOSTILE=100) and prints the figures."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
 import random
@@ -31,6 +30,7 @@ from support.peers import (
 from support.switch_process import SwitchProcess
 
 from vswitch.testkit.vhost_frontend import Frontend
+from vswitch.testkit.virtio_driver import eventfd_take
 from vswitch.vhost import protocol as P
 from vswitch.vhost.protocol import Req
 
@@ -190,13 +190,24 @@ async def h_saturated_call(path: str, rng: random.Random) -> None:
     try:
         await g.attach()
         for fd in g.call:
+            fill_eventfd(fd)
             os.set_blocking(fd, True)  # the switch shares this open file description
-            with contextlib.suppress(OSError):
-                os.eventfd_write(fd, 0xFFFFFFFFFFFFFFFE)
         await g.send([frame("ff:ff:ff:ff:ff:ff", MACS["h"], i) for i in range(8)])
         await asyncio.sleep(0.02)
     finally:
         g.close()
+
+
+def fill_eventfd(fd: int) -> None:
+    """Fills the counter to its maximum while the fd is still non-blocking: a blocking
+    write onto a count the switch has raised meanwhile would hang this process."""
+    while True:
+        eventfd_take(fd)
+        try:
+            os.eventfd_write(fd, 0xFFFFFFFFFFFFFFFE)
+            return
+        except BlockingIOError:
+            continue
 
 
 HOSTILE_KINDS: list[Callable[[str, random.Random], Awaitable[None]]] = [
