@@ -27,6 +27,8 @@
 #define VS_MAX_QUEUES 2
 #define VS_MAX_MEM_REGIONS 8
 #define VS_MAX_RING_SIZE 32768
+/* VLAN IDs, 0..4095 (1..4094 usable; vs_vlan_stats's out holds up to this many). */
+#define VS_VLAN_IDS 4096
 #define VS_MIN_MTU 68
 #define VS_MAX_MTU 9000
 /* Entries vs_switch_new's MAC table may be asked to hold (1 << 24). */
@@ -128,6 +130,18 @@ struct vs_port_stats {
     uint64_t cap_filtered;          /* frames a capture's filter left out (never copied) */
     uint64_t tx_mirror;             /* mirror copies given to this port (also in tx_packets) */
     uint64_t mirror_drops;          /* mirror copies it could not take (also in tx_drop_*) */
+    uint64_t rx_drop_vlan;          /* VLAN not allowed on this port (a trunk's list, native) */
+    uint64_t rx_drop_vlan_tagged;   /* 802.1Q-tagged frame on an access port */
+    uint64_t rx_drop_qinq;          /* 802.1ad or double-tagged frame on a VLAN-aware port */
+};
+
+/* Frames dropped on one VLAN (vs_vlan_stats), by the VLAN of their tag or
+ * the trunk's native VLAN they would have been in (0: untagged on a trunk
+ * without one). */
+struct vs_vlan_stats {
+    uint32_t vlan;
+    uint64_t not_allowed;           /* rx_drop_vlan */
+    uint64_t tagged;                /* rx_drop_vlan_tagged */
 };
 
 struct vs_switch_stats {
@@ -205,6 +219,16 @@ int vs_port_set_mem(struct vs_switch *sw, uint32_t port,
  * closing a port takes it out of every mirror.  -EINVAL, -ENODEV. */
 int vs_port_set_mirror(struct vs_switch *sw, uint32_t port, const uint32_t *from, uint32_t n,
                        uint32_t dirs);
+/* 802.1Q (vs_vlan.c).  ntrunks == 0: an access port of access_vlan (1..4094;
+ * 0: not VLAN-aware, its frames pass untouched in VLAN 0, the default), its
+ * untagged frames in that VLAN, tagged ones dropped.  ntrunks > 0 (with
+ * access_vlan 0): a trunk carrying those VLANs tagged and native_vlan
+ * (0: none) untagged.  Entries of the port on VLANs it no longer carries
+ * leave the MAC table: returns how many, or -EINVAL, -ENODEV. */
+int vs_port_set_vlans(struct vs_switch *sw, uint32_t port, uint32_t access_vlan,
+                      const uint16_t *trunks, uint32_t ntrunks, uint32_t native_vlan);
+/* The VLANs that dropped frames, with their counts; returns how many. */
+uint32_t vs_vlan_stats(struct vs_switch *sw, struct vs_vlan_stats *out, uint32_t max);
 uint32_t vs_port_state(struct vs_switch *sw, uint32_t port);
 /* Why the port was marked broken; "" when it is not. */
 const char *vs_port_error(struct vs_switch *sw, uint32_t port);
@@ -303,6 +327,8 @@ int vs_fdb_add(struct vs_switch *sw, uint64_t mac, uint16_t vlan, uint32_t port,
 int vs_fdb_del(struct vs_switch *sw, uint64_t mac, uint16_t vlan);
 /* port == -1 flushes every port; static entries go only with include_static. */
 uint32_t vs_fdb_flush(struct vs_switch *sw, int port, int include_static);
+/* The same for one VLAN. */
+uint32_t vs_fdb_flush_vlan(struct vs_switch *sw, int port, uint32_t vlan, int include_static);
 uint32_t vs_fdb_dump(struct vs_switch *sw, struct vs_fdb_entry *out, uint32_t max);
 /* One entry: 0 and *out filled, or -ENOENT. */
 int vs_fdb_get(struct vs_switch *sw, uint64_t mac, uint16_t vlan, struct vs_fdb_entry *out);

@@ -209,7 +209,7 @@ static bool pkt_load(const struct vs_pkt *pkt, uint64_t off, uint32_t size, uint
         got++;
     }
     uint32_t base = VS_ETH_HDR; /* frame offset of the segment below */
-    for (uint32_t k = 0; got < size && k < pkt->nseg && k < VS_PKT_SEGS; k++) {
+    for (uint32_t k = 0; got < size && k < pkt->nseg && k < VS_PKT_SEGS + 1; k++) {
         const struct vs_seg *s = &pkt->seg[k];
         if (o >= base + s->len) {
             base += s->len;

@@ -192,6 +192,26 @@ uint32_t vs_fdb_remove_port(struct vs_fdb *fdb, int port, bool include_static)
     return n;
 }
 
+uint32_t vs_fdb_remove_port_vlans(struct vs_fdb *fdb, uint32_t port, const uint64_t *keep)
+{
+    uint32_t n = 0;
+    FDB_SWEEP(fdb, s,
+              s->port == port && !(keep[(s->key >> 48 & VS_VLAN_MAX) / 64] >>
+                                       ((s->key >> 48 & VS_VLAN_MAX) % 64) & 1),
+              n);
+    return n;
+}
+
+uint32_t vs_fdb_remove_vlan(struct vs_fdb *fdb, int port, uint16_t vlan, bool include_static)
+{
+    uint32_t n = 0;
+    FDB_SWEEP(fdb, s,
+              (s->key >> 48 & VS_VLAN_MAX) == vlan && (port < 0 || s->port == (uint32_t)port) &&
+                  (include_static || !(s->flags & VS_FDB_STATIC)),
+              n);
+    return n;
+}
+
 uint32_t vs_fdb_expire(struct vs_fdb *fdb, uint32_t now, uint32_t max_age)
 {
     uint32_t n = 0;

@@ -55,9 +55,9 @@ void vs_flush_signals(struct vs_switch *sw)
 }
 
 /* Learns a source address on port in and counts what became of it. */
-static inline void learn(struct vs_switch *sw, struct vs_port *ip, uint64_t src)
+static inline void learn(struct vs_switch *sw, struct vs_port *ip, uint64_t src, uint16_t vlan)
 {
-    switch (vs_fdb_learn(&sw->fdb, src, 0, ip->id, ip->mac_limit, sw->now)) {
+    switch (vs_fdb_learn(&sw->fdb, src, vlan, ip->id, ip->mac_limit, sw->now)) {
     case VS_LEARN_NEW:
         ip->st.fdb_learned++;
         break;
@@ -119,12 +119,12 @@ static void mirror_want(struct vs_switch *sw, uint32_t in, const uint64_t *set, 
 /* Delivers to mirror port o its burst: the frames queued on it and its
  * copies, in burst order, each once.  The delivery is the normal one (one
  * enqueue); the copies it took are counted from where the enqueue stopped. */
-static void mirror_deliver(struct vs_switch *sw, uint32_t o, struct vs_pkt *pkts)
+static void mirror_deliver(struct vs_switch *sw, uint32_t o)
 {
     struct vs_port *d = &sw->ports[o];
     uint32_t queued = 0;
     for (uint32_t j = 0; j < d->npending; j++)
-        queued |= 1U << (uint32_t)(d->pending[j] - pkts);
+        queued |= 1U << vs_burst_index(sw, d->pending[j]);
     if (d->npending > 0) {
         /* Out of the burst's delivery list: delivered here instead. */
         for (uint32_t k = 0; k < sw->ndirty; k++) {
@@ -141,13 +141,14 @@ static void mirror_deliver(struct vs_switch *sw, uint32_t o, struct vs_pkt *pkts
     uint32_t np = 0, copy_at = 0, ncopies = (uint32_t)__builtin_popcount(copies), got = 0;
     for (; all != 0; all &= all - 1) {
         uint32_t j = (uint32_t)__builtin_ctz(all);
-        if (pkts[j].len > d->mtu + 18) {
+        struct vs_pkt *view = vs_vlan_view(sw, d, j);
+        if (view->len > d->mtu + 18) {
             d->st.tx_drop_too_long++;
             continue;
         }
         if (copies >> j & 1)
             copy_at |= 1U << np;
-        d->pending[np++] = &pkts[j];
+        d->pending[np++] = view;
     }
     d->npending = 0;
     if (d->kind == VS_PORT_TAP) {
@@ -172,59 +173,80 @@ static void mirror_deliver(struct vs_switch *sw, uint32_t o, struct vs_pkt *pkts
     d->st.mirror_drops += ncopies - got;
 }
 
-static void mirror_burst(struct vs_switch *sw, uint32_t in, struct vs_pkt *pkts, uint32_t n)
+/* taken: the frames of the burst the switch took in (not dropped for
+ * their VLAN), as bits. */
+static void mirror_burst(struct vs_switch *sw, uint32_t in, uint32_t taken)
 {
     struct vs_port *ip = &sw->ports[in];
     if (ip->mirrored & VS_MIRROR_RX)
-        mirror_want(sw, in, ip->mir[0], burst_bits(n));
+        mirror_want(sw, in, ip->mir[0], taken);
     for (uint32_t k = 0; k < sw->ndirty; k++) {
         struct vs_port *d = &sw->ports[sw->dirty[k]];
         if (!(d->mirrored & VS_MIRROR_TX))
             continue;
         uint32_t queued = 0;
         for (uint32_t j = 0; j < d->npending; j++)
-            queued |= 1U << (uint32_t)(d->pending[j] - pkts);
+            queued |= 1U << vs_burst_index(sw, d->pending[j]);
         mirror_want(sw, in, d->mir[1], queued);
     }
     /* One at a time off the list, so that a fault in one mirror port's
      * memory leaves the rest to vs_forward_recover. */
     while (sw->nmir > 0)
-        mirror_deliver(sw, sw->mir_due[--sw->nmir], pkts);
+        mirror_deliver(sw, sw->mir_due[--sw->nmir]);
 }
 
 /* Frames of one burst mostly share their addresses (a flow, a bulk
  * transfer), so the last source learned and the last destination looked up
- * are remembered for the burst.  Learning can only change the entry of the
- * address it learns, and it forgets the destination when it runs. */
-static void forward(struct vs_switch *sw, uint32_t in, struct vs_pkt *pkts, uint32_t n)
+ * are remembered for the burst, with their VLAN.  Learning can only change
+ * the entry of the address it learns, and it forgets the destination when
+ * it runs.  The burst is sw->pkts: vs_vlan_view gives each port its view
+ * of frame i. */
+static void forward(struct vs_switch *sw, uint32_t in, uint32_t n)
 {
     struct vs_port *ip = &sw->ports[in];
     uint64_t last_src = ~0ULL, last_dst = ~0ULL;
     int64_t last_out = -1;
+    uint32_t taken = burst_bits(n);
+    bool vlan_aware = ip->trunk || ip->vlan != 0;
+    sw->tagged_made = 0;
     for (uint32_t i = 0; i < n; i++) {
-        struct vs_pkt *pkt = &pkts[i];
+        struct vs_pkt *pkt = &sw->pkts[i];
         if (vs_capturing(ip, VS_CAP_RX))
             vs_capture_frame(ip, VS_CAP_RX, pkt);
+        if (__builtin_expect(vlan_aware, 0)) {
+            if (!vs_vlan_ingress(sw, ip, pkt)) {
+                taken &= ~(1U << i);
+                continue;
+            }
+        } else {
+            pkt->vlan = 0;
+            pkt->pcp_dei = 0;
+        }
+        uint16_t vlan = pkt->vlan;
         uint64_t dst = mac_at(pkt->eth), src = mac_at(pkt->eth + 6);
-        if (src != last_src) {
+        /* The caches' keys: VLAN and address, as the MAC table's. */
+        uint64_t vsrc = (uint64_t)vlan << 48 | src, vdst = (uint64_t)vlan << 48 | dst;
+        if (vsrc != last_src) {
             /* Group and all-zero sources are never stations. */
             if (!(src & (1ULL << 40)) && src != 0)
-                learn(sw, ip, src);
-            last_src = src;
+                learn(sw, ip, src, vlan);
+            last_src = vsrc;
             last_dst = ~0ULL;
         }
         if (!(dst & (1ULL << 40))) {
-            if (dst != last_dst) {
-                last_out = vs_fdb_lookup(&sw->fdb, dst, 0);
-                last_dst = dst;
+            if (vdst != last_dst) {
+                last_out = vs_fdb_lookup(&sw->fdb, dst, vlan);
+                last_dst = vdst;
             }
             int64_t out = last_out;
             if (out >= 0) {
                 if ((uint32_t)out == in)
                     continue;
+                /* An entry is only ever on a port that carries its VLAN
+                 * (vs_port_set_vlans, vs_fdb_add). */
                 struct vs_port *d = &sw->ports[out];
                 if (d->open && can_take(d))
-                    queue_on(sw, (uint32_t)out, pkt);
+                    queue_on(sw, (uint32_t)out, vs_vlan_view(sw, d, i));
                 else if (d->open)
                     d->st.tx_drop_port_down++;
                 continue;
@@ -233,14 +255,15 @@ static void forward(struct vs_switch *sw, uint32_t in, struct vs_pkt *pkts, uint
         sw->st.flooded++;
         for (uint32_t k = 0; k < sw->nopen; k++) {
             uint32_t o = sw->open_ids[k];
-            if (o != in && can_take(&sw->ports[o])) {
-                sw->ports[o].st.tx_flood++;
-                queue_on(sw, o, pkt);
+            struct vs_port *d = &sw->ports[o];
+            if (o != in && can_take(d) && vs_carries(d, vlan)) {
+                d->st.tx_flood++;
+                queue_on(sw, o, vs_vlan_view(sw, d, i));
             }
         }
     }
     if (__builtin_expect(sw->mirroring != 0, 0))
-        mirror_burst(sw, in, pkts, n);
+        mirror_burst(sw, in, taken);
     for (uint32_t k = 0; k < sw->ndirty; k++) {
         struct vs_port *d = &sw->ports[sw->dirty[k]];
         if (d->kind == VS_PORT_TAP)
@@ -260,7 +283,7 @@ static int serve_tap(struct vs_switch *sw, uint32_t port, uint32_t budget)
         int n = vs_tap_dequeue(p, sw->pkts, VS_BURST);
         if (n <= 0)
             return total > 0 ? (int)total : n;
-        forward(sw, port, sw->pkts, (uint32_t)n);
+        forward(sw, port, (uint32_t)n);
         total += (uint32_t)n;
     }
     return (int)total;
@@ -295,7 +318,7 @@ int vs_serve(struct vs_switch *sw, uint32_t port, uint32_t budget, bool arm)
             return total > 0 ? (int)total : n;
         }
         WRITE_ONCE(sw->flight, consumed);
-        forward(sw, port, sw->pkts, (uint32_t)n);
+        forward(sw, port, (uint32_t)n);
         if (vs_vring_complete(p, vq, consumed))
             signal_due(sw, port, VS_QUEUE_TX);
         WRITE_ONCE(sw->flight, 0);

@@ -74,6 +74,7 @@ struct virtio_net_hdr {
  * than seg holds, and every TAP frame, is copied into buf, the slot's own
  * buffer, sized for the largest MTU plus an Ethernet header and a VLAN tag. */
 #define VS_ETH_HDR 14
+#define VS_VLAN_MAX 4095    /* a 12-bit VLAN ID */
 #define VS_PKT_SEGS 8
 #define VS_FRAME_MAX (VS_MAX_MTU + 18)
 #define VS_PKT_SIZE 9216
@@ -88,7 +89,14 @@ struct vs_pkt {
     uint32_t len;                   /* whole frame, eth included, no virtio-net header */
     uint32_t nseg;
     uint8_t eth[VS_ETH_HDR];
-    struct vs_seg seg[VS_PKT_SEGS]; /* the len - VS_ETH_HDR bytes after eth */
+    /* Its VLAN (0 on ports that are not VLAN-aware) and, from a trunk, the
+     * priority and DEI bits of its tag (vs_vlan.c). */
+    uint16_t vlan;
+    uint16_t pcp_dei;
+    /* The len - VS_ETH_HDR bytes after eth.  Frames are taken with at most
+     * VS_PKT_SEGS; the one more is for the 802.1Q tag that a trunk's view of
+     * the frame puts in front (vs_vlan_tagged). */
+    struct vs_seg seg[VS_PKT_SEGS + 1];
     uint8_t *buf;                   /* VS_PKT_SIZE bytes owned by this slot */
 };
 
@@ -170,6 +178,13 @@ struct vs_port {
     const char *error;
     char errbuf[160];       /* error, when it is built at run time (vs_guard_fault) */
     struct vs_mem mem;
+    /* 802.1Q (vs_vlan.c): an access port of vlan (0: not VLAN-aware, frames
+     * pass untouched, as on a switch without VLANs), or a trunk carrying the
+     * VLANs in trunk_set tagged and native (0: none) untagged. */
+    bool trunk;
+    uint16_t vlan;
+    uint16_t native;
+    uint64_t trunk_set[(VS_VLAN_MAX + 1) / 64];
     struct vs_vring vq[VS_MAX_QUEUES];
     struct vs_port_stats st;
     /* Mirrors (vs_port_set_mirror): the ports that get a copy of the frames
@@ -193,7 +208,6 @@ struct vs_port {
 
 /* The MAC table (vs_fdb.c). */
 #define VS_MAC_MASK 0xffffffffffffULL   /* a 48-bit address */
-#define VS_VLAN_MAX 4095                /* and a 12-bit VLAN ID */
 
 struct fdb_slot {
     uint64_t key;           /* 0 = empty; else FDB_USED | vlan << 48 | mac */
@@ -294,6 +308,16 @@ struct vs_switch {
      * and not given back yet: a fault in another port's memory while they
      * are forwarded gives them back (vs_forward_recover). */
     uint32_t flight;
+    /* The burst's frames as a trunk gets them, with their tag (vs_vlan.c):
+     * made when a first port needs one (bit i of tagged_made), for this
+     * burst only; tag[i] holds the tag and the frame's own ethertype. */
+    uint32_t tagged_made;
+    struct vs_pkt tagged[VS_BURST];
+    uint8_t tag[VS_BURST][4];
+    /* Frames dropped per VLAN: not allowed on the trunk they came from, or
+     * tagged on an access port (by the tag's VLAN). */
+    uint64_t vlan_not_allowed[VS_VLAN_MAX + 1];
+    uint64_t vlan_tagged[VS_VLAN_MAX + 1];
     struct vs_pkt pkts[VS_BURST];
     uint8_t bufs[VS_BURST][VS_PKT_SIZE];    /* pkts[i].buf, or another slot's after a swap */
     struct vs_port ports[VS_MAX_PORTS];
@@ -432,6 +456,42 @@ static inline void vs_delivered(struct vs_port *p, const struct vs_pkt *pkt)
         vs_capture_frame(p, VS_CAP_TX, pkt);
 }
 
+/* vs_vlan.c: 802.1Q on ports, see there. */
+#define VS_ETH_8021Q 0x8100
+
+/* Does port d carry VLAN v? */
+static inline bool vs_carries(const struct vs_port *d, uint16_t v)
+{
+    if (__builtin_expect(!d->trunk, 1))
+        return d->vlan == v;
+    return (d->trunk_set[v / 64] >> (v % 64) & 1) || (v != 0 && v == d->native);
+}
+
+/* Is a frame of VLAN v tagged when it leaves port d?  A port that does not
+ * carry v gets it only as a mirror copy, tagged so its VLAN shows. */
+static inline bool vs_leaves_tagged(const struct vs_port *d, uint16_t v)
+{
+    if (v == 0)
+        return false;
+    if (d->trunk)
+        return v != d->native;
+    return d->vlan != v;
+}
+
+/* Classifies a frame taken from port ip: its VLAN into pkt->vlan, a tag
+ * taken off (the frame then looks untagged: eth's ethertype is the one the
+ * tag carried).  false: the frame is dropped (counted on ip and its VLAN). */
+bool vs_vlan_ingress(struct vs_switch *sw, struct vs_port *ip, struct vs_pkt *pkt);
+/* Frame i of the burst as port d gets it: sw->pkts[i] or its tagged view. */
+struct vs_pkt *vs_vlan_view(struct vs_switch *sw, const struct vs_port *d, uint32_t i);
+/* Which frame of the burst a pointer vs_vlan_view returned is. */
+static inline uint32_t vs_burst_index(const struct vs_switch *sw, const struct vs_pkt *pkt)
+{
+    if (pkt >= sw->tagged && pkt < sw->tagged + VS_BURST)
+        return (uint32_t)(pkt - sw->tagged);
+    return (uint32_t)(pkt - sw->pkts);
+}
+
 /* vs_tap.c */
 int vs_tap_dequeue(struct vs_port *p, struct vs_pkt *pkts, uint32_t max);
 uint32_t vs_tap_enqueue(struct vs_port *p, struct vs_pkt **pkts, uint32_t n);
@@ -453,6 +513,11 @@ int vs_fdb_put(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan, uint32_t port, b
 int vs_fdb_remove(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan);
 /* Removes the entries of port (every port if port < 0); returns how many. */
 uint32_t vs_fdb_remove_port(struct vs_fdb *fdb, int port, bool include_static);
+/* Removes the entries on vlan of port (every port if port < 0). */
+uint32_t vs_fdb_remove_vlan(struct vs_fdb *fdb, int port, uint16_t vlan, bool include_static);
+/* Removes the entries of port, static ones too, on the VLANs not in keep (a
+ * bit per VLAN); returns how many. */
+uint32_t vs_fdb_remove_port_vlans(struct vs_fdb *fdb, uint32_t port, const uint64_t *keep);
 /* Removes dynamic entries idle for max_age seconds or more: all of them, or
  * those among the next n slots from where the last call stopped. */
 uint32_t vs_fdb_expire(struct vs_fdb *fdb, uint32_t now, uint32_t max_age);

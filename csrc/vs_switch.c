@@ -55,6 +55,8 @@ int vs_fdb_add(struct vs_switch *sw, uint64_t mac, uint16_t vlan, uint32_t port,
         return -EINVAL;
     if (!sw->ports[port].open)
         return -ENODEV;
+    if (!vs_carries(&sw->ports[port], vlan))
+        return -EINVAL;
     return vs_fdb_put(&sw->fdb, mac, vlan, port, is_static != 0, sw->now);
 }
 
@@ -66,6 +68,13 @@ int vs_fdb_del(struct vs_switch *sw, uint64_t mac, uint16_t vlan)
 uint32_t vs_fdb_flush(struct vs_switch *sw, int port, int include_static)
 {
     return vs_fdb_remove_port(&sw->fdb, port, include_static != 0);
+}
+
+uint32_t vs_fdb_flush_vlan(struct vs_switch *sw, int port, uint32_t vlan, int include_static)
+{
+    if (vlan > VS_VLAN_MAX)
+        return 0;
+    return vs_fdb_remove_vlan(&sw->fdb, port, (uint16_t)vlan, include_static != 0);
 }
 
 uint32_t vs_fdb_age(struct vs_switch *sw, uint32_t max_age)

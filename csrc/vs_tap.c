@@ -57,7 +57,7 @@ uint32_t vs_tap_enqueue(struct vs_port *p, struct vs_pkt **pkts, uint32_t n)
             continue;
         }
         /* One writev is one frame on a tap. */
-        struct iovec v[1 + VS_PKT_SEGS];
+        struct iovec v[1 + VS_PKT_SEGS + 1];
         v[0] = (struct iovec){pkts[i]->eth, VS_ETH_HDR};
         for (uint32_t k = 0; k < pkts[i]->nseg; k++)
             v[1 + k] = (struct iovec){(void *)pkts[i]->seg[k].p, pkts[i]->seg[k].len};

@@ -270,6 +270,30 @@ class Fastpath:
             arr[i] = s
         _check(lib.vs_port_set_mirror(self._sw, port, arr, len(sources), dirs), "set mirror")
 
+    @_parked
+    def set_vlans(
+        self, port: int, *, vlan: int = 0, trunks: Sequence[int] = (), native_vlan: int = 0
+    ) -> int:
+        """An access port of `vlan` (0: not VLAN-aware), or a trunk of `trunks` with
+        `native_vlan` (0: none) untagged; returns the MAC table entries of the port
+        removed because they were on VLANs it no longer carries."""
+        arr = ffi.new("uint16_t[]", max(len(trunks), 1))
+        for i, v in enumerate(trunks):
+            arr[i] = v
+        return _check(
+            lib.vs_port_set_vlans(self._sw, port, vlan, arr, len(trunks), native_vlan),
+            f"set VLANs (vlan {vlan}, trunks {list(trunks)}, native_vlan {native_vlan})",
+        )
+
+    def vlan_stats(self) -> dict[int, dict[str, int]]:
+        """Drops per VLAN, for the VLANs that had any: not_allowed, tagged."""
+        out = ffi.new("struct vs_vlan_stats[]", lib.VS_VLAN_IDS)
+        n = lib.vs_vlan_stats(self._sw, out, lib.VS_VLAN_IDS)
+        return {
+            out[i].vlan: {"not_allowed": out[i].not_allowed, "tagged": out[i].tagged}
+            for i in range(n)
+        }
+
     def state(self, port: int) -> int:
         return lib.vs_port_state(self._sw, port)
 
@@ -383,7 +407,12 @@ class Fastpath:
         return _entry(out[0])
 
     @_parked
-    def fdb_flush(self, port: int = -1, *, include_static: bool = False) -> int:
+    def fdb_flush(
+        self, port: int = -1, *, vlan: int | None = None, include_static: bool = False
+    ) -> int:
+        """Removes the entries of `port` (every port: -1), on one VLAN or all."""
+        if vlan is not None:
+            return lib.vs_fdb_flush_vlan(self._sw, port, vlan, int(include_static))
         return lib.vs_fdb_flush(self._sw, port, int(include_static))
 
     @_parked

@@ -136,8 +136,8 @@ BAD = {
     "unknown port key": (
         PORTS + "    mtux: 1500\n",
         "ports[0] (vm1).mtux: unknown key (did you mean 'mtu'? "
-        "known keys here: group, mac_limit, mirror, mode, mtu, name, owner, path, socket_mode, "
-        "static_macs, type)",
+        "known keys here: group, mac_limit, mirror, mode, mtu, name, native_vlan, owner, path, "
+        "socket_mode, static_macs, trunks, type, vlan)",
     ),
     "wrong type": (
         PORTS + '    mtu: "1500"\n',
@@ -205,7 +205,7 @@ BAD = {
         + '    static_macs: ["52:54:00:00:00:01"]\n'
         + "  - {name: vm2, type: vhost-user, path: vm2.sock, static_macs: [52:54:00:00:00:01]}\n",
         "ports[1] (vm2).static_macs[0]: 52:54:00:00:00:01 is already used by "
-        "ports[0] (vm1).static_macs (a MAC can be static on one port only)",
+        "ports[0] (vm1).static_macs (a MAC can be static on one port of a VLAN only)",
     ),
     "world-writable mode": (
         PORTS + '    socket_mode: "0666"\n',

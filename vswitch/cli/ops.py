@@ -58,14 +58,20 @@ def fdb_show(port: str | None, control: Path | None, config: Path | None, as_jso
 @fdb.command("flush")
 @click.argument("port", required=False)
 @click.option("--static", is_flag=True, help="Also remove static entries.")
+@click.option("--vlan", type=int, default=None, help="Only the addresses on this VLAN.")
 @_control_options
 def fdb_flush(
-    port: str | None, static: bool, control: Path | None, config: Path | None, as_json: bool
+    port: str | None,
+    static: bool,
+    vlan: int | None,
+    control: Path | None,
+    config: Path | None,
+    as_json: bool,
 ) -> None:
     """Forget the learned addresses of PORT, or of every port."""
-    r = _fdb_ask("fdb-flush", control, config, port=port, static=static or None)
+    r = _fdb_ask("fdb-flush", control, config, port=port, static=static or None, vlan=vlan)
     what = "dynamic and static" if static else "dynamic"
-    where = port or "all ports"
+    where = (port or "all ports") + ("" if vlan is None else f", VLAN {vlan}")
 
     def human(r: dict[str, Any]) -> str:
         return f"flushed {plural(r['flushed'], 'entry', 'entries')} ({what}) on {where}"
@@ -76,19 +82,25 @@ def fdb_flush(
 @fdb.command("add")
 @click.argument("mac")
 @click.argument("port")
-@click.option("--vlan", type=int, default=None, help="VLAN id (0, the default, is untagged).")
+@click.option(
+    "--vlan", type=int, default=None, help="VLAN id (default: the port's untagged VLAN)."
+)
 @_control_options
 def fdb_add(
     mac: str, port: str, vlan: int | None, control: Path | None, config: Path | None, as_json: bool
 ) -> None:
     """Pin MAC to PORT as a static entry (until deleted, flushed with --static, or restart)."""
     r = _fdb_ask("fdb-add", control, config, mac=mac, port=port, vlan=vlan)
-    _show(r, _fdb_json(as_json), lambda r: f"added static {r['mac']} on {r['port']}")
+    _show(
+        r, _fdb_json(as_json), lambda r: f"added static {r['mac']} vlan {r['vlan']} on {r['port']}"
+    )
 
 
 @fdb.command("del")
 @click.argument("mac")
-@click.option("--vlan", type=int, default=None, help="VLAN id (0, the default, is untagged).")
+@click.option(
+    "--vlan", type=int, default=None, help="VLAN id (0, the default: ports without VLANs)."
+)
 @_control_options
 def fdb_del(
     mac: str, vlan: int | None, control: Path | None, config: Path | None, as_json: bool

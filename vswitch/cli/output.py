@@ -10,6 +10,8 @@ from typing import Any, NoReturn
 
 import click
 
+from vswitch.config.vlans import format_trunks
+
 EXIT_RUNTIME = 1  # startup failed, daemon unreachable, the daemon refused a command
 EXIT_USAGE = 2  # bad config or command line (click uses 2 too)
 IDLE_NOTE = 10.0  # seconds without a front end before `vswitch ports` says so
@@ -74,6 +76,11 @@ def format_ports(ports: list[dict[str, Any]]) -> str:
             )
             details.append(f"{pad}  queues {qs}")
         extra = []
+        if p.get("vlan_mode") == "trunk":
+            native = f", native {p['native_vlan']}" if p.get("native_vlan") else ""
+            extra.append(f"trunk {format_trunks(tuple(p.get('trunks') or ()))}{native}")
+        elif p.get("vlan"):
+            extra.append(f"vlan {p['vlan']}")
         if "mac_limit" in p:
             limit = p["mac_limit"] or "none"
             extra.append(f"macs {c.get('fdb_count', 0)} (limit {limit})")
@@ -181,6 +188,14 @@ def format_stats(stats: dict[str, Any]) -> str:
     if names:
         prow = [[f] + [str(ports[n].get(f, 0)) for n in names] for f in fields]
         lines += ["", *table(["COUNTER", *names], prow, right=set(range(1, len(names) + 1)))]
+    vlans = stats.get("vlans") or {}
+    if vlans:
+        vrows = [
+            [v, str(c.get("not_allowed", 0)), str(c.get("tagged", 0))]
+            for v, c in sorted(vlans.items(), key=lambda kv: int(kv[0]))
+        ]
+        header = ["VLAN", "DROPS-NOT-ALLOWED", "DROPS-TAGGED-ON-ACCESS"]
+        lines += ["", *table(header, vrows, right={1, 2})]
     return "\n".join(line for line in lines if line is not None)
 
 

@@ -103,9 +103,9 @@ class Config(Model):
                     (("ports", i, "ifname"), ("tap", port.netns, port.ifname),
                      f"interface {port.where}", fix)
                 )  # fmt: skip
-            fix = "a MAC can be static on one port only"
+            fix = "a MAC can be static on one port of a VLAN only"
             checks += [
-                (("ports", i, "static_macs", j), ("mac", mac), format_mac(mac), fix)
+                (("ports", i, "static_macs", j), ("mac", port.home_vlan, mac), format_mac(mac), fix)
                 for j, mac in enumerate(port.static_macs)
             ]
             for loc, key, what, fix in checks:

@@ -25,6 +25,7 @@ from vswitch.config.fields import (
     iface_mac,
     unique_addresses,
 )
+from vswitch.config.vlans import AccessVlan, NativeVlan, Trunks
 from vswitch.limits import DEFAULT_MAC_LIMIT
 
 
@@ -62,7 +63,43 @@ class MirrorConfig(Model):
         return f"from [{', '.join(self.sources)}] direction {self.direction}"
 
 
-class VhostUserPort(Model):
+class VlanKeys(Model):
+    """The 802.1Q keys every kind of port has (vswitch/config/vlans.py)."""
+
+    vlan: AccessVlan = Field(default=0, examples=["10"])
+    trunks: Trunks = Field(default=(), examples=['[10, 20, "100-199"]'])
+    native_vlan: NativeVlan = Field(default=None, examples=["1"])
+
+    @model_validator(mode="after")
+    def _vlan_mode(self) -> VlanKeys:
+        if self.vlan and self.trunks:
+            raise ValueError(
+                "a port is an access port (vlan) or a trunk (trunks), not both: for a trunk "
+                "that carries one VLAN untagged, write native_vlan"
+            )
+        if self.native_vlan is not None and not self.trunks:
+            raise ValueError(
+                "native_vlan is for trunks: list the tagged VLANs in trunks, or write "
+                f"vlan: {self.native_vlan} for an access port"
+            )
+        if self.trunks and self.native_vlan is None and getattr(self, "static_macs", ()):
+            raise ValueError(
+                "static_macs on a trunk go on its native_vlan: set native_vlan, or add them "
+                "per VLAN with `vswitch fdb add --vlan`"
+            )
+        return self
+
+    @property
+    def home_vlan(self) -> int:
+        """The VLAN of the port's untagged frames and static MACs (0: not VLAN-aware)."""
+        return self.vlan or self.native_vlan or 0
+
+    @property
+    def vlan_aware(self) -> bool:
+        return bool(self.vlan or self.trunks)
+
+
+class VhostUserPort(VlanKeys):
     """A port a QEMU guest attaches to with `-netdev vhost-user`.
 
     mode server: the switch listens on path and QEMU connects (reconnect=1
@@ -92,7 +129,7 @@ class VhostUserPort(Model):
         return self.mode == "server"
 
 
-class TapPort(Model):
+class TapPort(VlanKeys):
     """A port whose peer is the kernel: a TAP interface, optionally in a network namespace.
 
     When `ifname` does not exist, the switch creates it (IFF_TAP|IFF_NO_PI) in `netns`

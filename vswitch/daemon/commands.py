@@ -14,7 +14,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from vswitch import PROTOCOL, __version__
-from vswitch.config import Config
+from vswitch.config import Config, PortConfig
+from vswitch.config.vlans import format_trunks
 from vswitch.control import Stream
 from vswitch.daemon.capture import (
     DEFAULT_BUFFER,
@@ -61,9 +62,24 @@ def _port_arg(v: Any, what: str = "port") -> str:
 
 
 def _vlan_arg(v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 4095:
-        raise ControlError(f"vlan must be a whole number in 0..4095, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 4094:
+        raise ControlError(
+            f"vlan must be a whole number in 0..4094 (0: ports that are not VLAN-aware), got {v!r}"
+        )
     return v
+
+
+def _carries(cfg: PortConfig, v: int) -> bool:
+    if cfg.trunks:
+        return v in cfg.trunks or v == cfg.native_vlan
+    return v == cfg.vlan
+
+
+def _vlans_of(cfg: PortConfig) -> str:
+    if cfg.trunks:
+        native = f", native_vlan {cfg.native_vlan}" if cfg.native_vlan else ""
+        return f"trunks {format_trunks(cfg.trunks)}{native}"
+    return f"access VLAN {cfg.vlan}" if cfg.vlan else "not VLAN-aware: VLAN 0"
 
 
 def _mac_arg(v: Any) -> int:
@@ -135,9 +151,16 @@ def commands(sw: SwitchState) -> dict[str, Command]:
             if want is None or e.port == want
         ]
 
-    async def fdb_add(mac: Any, port: Any, vlan: Any = 0) -> dict[str, Any]:
-        m, v = _mac_arg(mac), _vlan_arg(vlan)
+    async def fdb_add(mac: Any, port: Any, vlan: Any = None) -> dict[str, Any]:
         pid = sw.port_id(_port_arg(port))
+        cfg = sw.ports[port].cfg
+        # Without --vlan, the port's own untagged VLAN (0 on a port without VLANs).
+        m, v = _mac_arg(mac), cfg.home_vlan if vlan is None else _vlan_arg(vlan)
+        if not _carries(cfg, v):
+            raise ControlError(
+                f"port {port} does not carry VLAN {v} ({_vlans_of(cfg)}): "
+                "give --vlan with one of its VLANs"
+            )
         try:
             dp().fdb_add(m, pid, vlan=v, static=True)
         except OSError as exc:
@@ -155,21 +178,25 @@ def commands(sw: SwitchState) -> dict[str, Command]:
         log.info("fdb: %s vlan %d removed (was on port %s)", format_mac(m), v, where)
         return {"mac": format_mac(m), "vlan": v, "port": where}
 
-    async def fdb_flush(port: Any = None, static: Any = False) -> dict[str, Any]:
+    async def fdb_flush(port: Any = None, static: Any = False, vlan: Any = None) -> dict[str, Any]:
         if not isinstance(static, bool):
             raise ControlError(f"static must be true or false, got {static!r}")
         pid = -1 if port is None else sw.port_id(_port_arg(port))
-        n = dp().fdb_flush(pid, include_static=static)
+        v = None if vlan is None else _vlan_arg(vlan)
+        n = dp().fdb_flush(pid, vlan=v, include_static=static)
         what = "dynamic and static" if static else "dynamic"
+        on = "" if v is None else f" of VLAN {v}"
         log.info(
-            "fdb: flushed %s (%s) on %s", plural(n, "entry", "entries"), what, port or "all ports"
-        )
-        return {"flushed": n, "port": port, "static": static}
+            "fdb: flushed %s (%s)%s on %s",
+            plural(n, "entry", "entries"), what, on, port or "all ports",
+        )  # fmt: skip
+        return {"flushed": n, "port": port, "static": static, "vlan": v}
 
     async def stats() -> dict[str, Any]:
         return {
             "switch": dp().switch_stats(),
             "ports": {n: sw.ports[n].info()["counters"] for n in sw.ports},
+            "vlans": {str(v): c for v, c in dp().vlan_stats().items()},
             "uptime": round(time.time() - sw.start_time, 3),
             "reloads": dict(sw.reloads),
             "metrics": sw.metrics.address if sw.metrics else None,

@@ -52,6 +52,9 @@ PORT_COUNTERS: dict[str, tuple[str, dict[str, str], str]] = {
     "rx_drop_desc_limit": ("vswitch_port_rx_drops", {"reason": "desc_limit"}, _RX_DROP),
     "rx_drop_disabled": ("vswitch_port_rx_drops", {"reason": "ring_disabled"}, _RX_DROP),
     "tx_drop_desc_limit": ("vswitch_port_tx_drops", {"reason": "desc_limit"}, _TX_DROP),
+    "rx_drop_vlan": ("vswitch_port_rx_drops", {"reason": "vlan_not_allowed"}, _RX_DROP),
+    "rx_drop_vlan_tagged": ("vswitch_port_rx_drops", {"reason": "tagged_on_access"}, _RX_DROP),
+    "rx_drop_qinq": ("vswitch_port_rx_drops", {"reason": "qinq"}, _RX_DROP),
     "descs": (
         "vswitch_port_descriptors",
         {},
@@ -184,6 +187,11 @@ def families(snap: Snapshot) -> list[Metric]:
             fname, extra, doc = PORT_COUNTERS.get(field, (f"vswitch_port_{field}", {}, field))
             fam = counter(fname, doc, ["port", *extra])
             fam.add_metric([name, *extra.values()], value)
+    doc = "Frames dropped on a VLAN: not allowed on the trunk, or tagged on an access port"
+    for vlan, c in snap.get("vlans", {}).items():
+        fam = counter("vswitch_vlan_drops", doc, ["vlan", "reason"])
+        fam.add_metric([str(vlan), "not_allowed"], c["not_allowed"])
+        fam.add_metric([str(vlan), "tagged_on_access"], c["tagged"])
     return list(out.values())
 
 

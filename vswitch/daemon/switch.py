@@ -216,6 +216,7 @@ class Switch:
         return {
             "switch": self.dp.switch_stats(),
             "ports": ports,
+            "vlans": self.dp.vlan_stats(),
             "start_time": self.start_time,
             "reloads": dict(self.reloads),
         }

@@ -18,12 +18,18 @@ from vswitch.fastpath import Fastpath
 log = logging.getLogger("vswitch")
 
 
+def _vlans(c: PortConfig) -> tuple[int, tuple[int, ...], int | None]:
+    return c.vlan, c.trunks, c.native_vlan
+
+
 class Port(ABC):
     kind: ClassVar[str]
     # Config fields a running port takes without a restart: the switch-side settings
     # every kind has; a kind adds its own.  `mirror` names other ports, so the switch
     # applies it (Switch.sync_mirrors), after any change to the ports.
-    IN_PLACE: ClassVar[frozenset[str]] = frozenset({"mac_limit", "static_macs", "mirror"})
+    IN_PLACE: ClassVar[frozenset[str]] = frozenset(
+        {"mac_limit", "static_macs", "mirror", "vlan", "trunks", "native_vlan"}
+    )
 
     def __init__(self, cfg: PortConfig, dp: Fastpath) -> None:
         self.cfg = cfg
@@ -67,8 +73,10 @@ class Port(ABC):
     def release_static_macs(self, new: PortConfig) -> None:
         """Step one of an in-place change: drop the static MACs `new` no longer has, so
         that a reload can move a static MAC from one port to another."""
-        for mac in set(self.cfg.static_macs) - set(new.static_macs):
-            self.dp.fdb_del(mac)
+        home = self.cfg.home_vlan
+        keep = set(new.static_macs) if new.home_vlan == home else set()
+        for mac in set(self.cfg.static_macs) - keep:
+            self.dp.fdb_del(mac, vlan=home)
 
     def reconfigure(self, new: PortConfig, fields: list[str]) -> list[str]:
         """Apply an in-place change (restarts() said no); returns what it did beyond the
@@ -82,9 +90,14 @@ class Port(ABC):
             if new.mac_limit and have > new.mac_limit:
                 n = self.dp.fdb_flush(pid)
                 notes.append(f"{n} dynamic MAC(s) flushed to honour mac_limit")
+        if _vlans(new) != _vlans(old):
+            n = self._set_vlans(new)
+            if n:
+                notes.append(f"{n} MAC(s) flushed from VLANs the port left")
+        moved = new.home_vlan != old.home_vlan
         for mac in new.static_macs:
-            if mac not in old.static_macs:
-                self.dp.fdb_add(mac, pid, static=True)
+            if moved or mac not in old.static_macs:
+                self.dp.fdb_add(mac, pid, vlan=new.home_vlan, static=True)
         self.cfg = new
         return notes
 
@@ -95,11 +108,24 @@ class Port(ABC):
     # For the kinds
 
     def _open(self, kind: int) -> None:
-        """Open the fast-path port with the config's MTU, MAC limit and static MACs."""
+        """Open the fast-path port with the config's MTU, MAC limit, VLANs and static MACs."""
         self.port = self.dp.open_port(self.cfg.mtu, kind)
         self.dp.set_mac_limit(self.port, self.cfg.mac_limit)
+        self._set_vlans(self.cfg)
         for mac in self.cfg.static_macs:
-            self.dp.fdb_add(mac, self.port, static=True)
+            self.dp.fdb_add(mac, self.port, vlan=self.cfg.home_vlan, static=True)
+
+    def _set_vlans(self, cfg: PortConfig) -> int:
+        return self.dp.set_vlans(
+            self.port, vlan=cfg.vlan, trunks=cfg.trunks, native_vlan=cfg.native_vlan or 0
+        )
+
+    def vlan_info(self) -> dict[str, Any]:
+        """The port's VLANs as `vswitch ports --json` shows them."""
+        c = self.cfg
+        if c.trunks:
+            return {"vlan_mode": "trunk", "trunks": list(c.trunks), "native_vlan": c.native_vlan}
+        return {"vlan_mode": "access", "vlan": c.vlan}
 
     def _close(self) -> None:
         if self.port >= 0:

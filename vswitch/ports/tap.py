@@ -179,4 +179,5 @@ class TapPort(Port):
             "counters": self.dp.port_stats(self.port) if self.port >= 0 else {},
             "error": error,
             "static_macs": [format_mac(m) for m in cfg.static_macs],
+            **self.vlan_info(),
         }

@@ -223,6 +223,7 @@ class VhostPort(Port):
             "counters": self.dp.port_stats(self.port) if self.port >= 0 else {},
             "error": (self.dp.error(self.port) or None) if status == "broken" else None,
             "static_macs": [format_mac(m) for m in self.cfg.static_macs],
+            **self.vlan_info(),
             "idle_seconds": self.idle_seconds(),
             "socket": socket_file(self.cfg.path),
         }
