@@ -56,6 +56,8 @@ def test_example_config_loads(tmp_path: Path) -> None:
     vm2 = next(p for p in cfg.ports if p.name == "vm2")
     assert vm2.mirror is not None
     assert (vm2.mirror.sources, vm2.mirror.direction) == (("vm1",), "both")
+    assert (vm1.vlan, vm1.trunks, vm1.home_vlan) == (10, (), 10)
+    assert vm2.trunks == (10, *range(20, 30)) and vm2.native_vlan == 1 == vm2.home_vlan
 
 
 def test_defaults(tmp_path: Path) -> None:
@@ -205,6 +207,36 @@ BAD = {
         + '    static_macs: ["52:54:00:00:00:01"]\n'
         + "  - {name: vm2, type: vhost-user, path: vm2.sock, static_macs: [52:54:00:00:00:01]}\n",
         "ports[1] (vm2).static_macs[0]: 52:54:00:00:00:01 is already used by "
+        "ports[0] (vm1).static_macs (a MAC can be static on one port of a VLAN only)",
+    ),
+    "vlan out of range": (
+        PORTS + "    vlan: 4095\n",
+        "ports[0] (vm1).vlan: VLAN 4095 is out of range 1..4094 "
+        "(an access port's VLAN, e.g. vlan: 10)",
+    ),
+    "vlan and trunks": (
+        PORTS + "    vlan: 10\n    trunks: [20]\n",
+        "ports[0] (vm1): a port is an access port (vlan) or a trunk (trunks), not both: for a "
+        "trunk that carries one VLAN untagged, write native_vlan",
+    ),
+    "native without trunks": (
+        PORTS + "    native_vlan: 5\n",
+        "ports[0] (vm1): native_vlan is for trunks: list the tagged VLANs in trunks, or write "
+        "vlan: 5 for an access port",
+    ),
+    "bad trunk range": (
+        PORTS + '    trunks: [10, "30-x"]\n',
+        "ports[0] (vm1).trunks: '30-x' is not a VLAN range "
+        '(list VLAN IDs or ranges, e.g. trunks: [10, 20, "100-199"])',
+    ),
+    "same static MAC, two VLANs is fine; same VLAN is not": (
+        PORTS
+        + '    vlan: 10\n    static_macs: ["52:54:00:00:00:01"]\n'
+        + "  - {name: vm2, type: vhost-user, path: vm2.sock, vlan: 20,"
+        + " static_macs: [52:54:00:00:00:01]}\n"
+        + "  - {name: vm3, type: vhost-user, path: vm3.sock, trunks: [10], native_vlan: 10,"
+        + " static_macs: [52:54:00:00:00:01]}\n",
+        "ports[2] (vm3).static_macs[0]: 52:54:00:00:00:01 is already used by "
         "ports[0] (vm1).static_macs (a MAC can be static on one port of a VLAN only)",
     ),
     "world-writable mode": (
