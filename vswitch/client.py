@@ -77,6 +77,7 @@ class Flushed(TypedDict):
     flushed: int
     port: str | None
     static: bool
+    vlan: int | None
 
 
 class Reloaded(TypedDict):
@@ -212,8 +213,10 @@ class Client:
     async def fdb_del(self, mac: str, vlan: int | None = None) -> FdbEntry:
         return await self.call("fdb-del", **_args(mac=mac, vlan=vlan))
 
-    async def fdb_flush(self, port: str | None = None, static: bool = False) -> Flushed:
-        return await self.call("fdb-flush", **_args(port=port, static=static or None))
+    async def fdb_flush(
+        self, port: str | None = None, static: bool = False, vlan: int | None = None
+    ) -> Flushed:
+        return await self.call("fdb-flush", **_args(port=port, static=static or None, vlan=vlan))
 
     async def stats(self) -> dict[str, Any]:
         return await self.call("stats")

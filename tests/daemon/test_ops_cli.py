@@ -107,7 +107,7 @@ def test_fdb_both_forms_and_changes(running: tuple[Switch, Path]) -> None:
     )
     assert cli(sw, "fdb", "flush", "b").stdout == "flushed 1 entry (dynamic) on b\n"
     r = json.loads(cli(sw, "fdb", "flush", "--json").stdout)
-    assert r == {"flushed": 1, "port": None, "static": False}
+    assert r == {"flushed": 1, "port": None, "static": False, "vlan": None}
     assert (
         cli(sw, "fdb", "flush", "--static").stdout
         == "flushed 2 entries (dynamic and static) on all ports\n"
@@ -134,7 +134,7 @@ def test_stats_both_forms(running: tuple[Switch, Path]) -> None:
     assert lines[i + 2].endswith("300  400")  # right-aligned numbers
     data = json.loads(cli(sw, "stats", "--json").stdout)
     assert data["switch"]["fdb_entries"] == 3 and data["ports"]["b"]["tx_packets"] == 3
-    assert set(data) == {"switch", "ports", "uptime", "reloads", "metrics", "captures"}
+    assert set(data) == {"switch", "ports", "uptime", "reloads", "metrics", "captures", "vlans"}
 
 
 def test_reload_both_forms(running: tuple[Switch, Path]) -> None:
@@ -180,3 +180,39 @@ def test_reload_both_forms(running: tuple[Switch, Path]) -> None:
 def test_help(args: list[str]) -> None:
     result = CliRunner().invoke(main, [*args, "--help"], prog_name="vswitch")
     assert result.exit_code == 0 and result.output.startswith("Usage: vswitch")
+
+
+def test_fdb_commands_with_vlans(tmp_path: Path) -> None:
+    """--vlan on fdb add/del/flush, a VLAN the port does not carry refused, the default
+    VLAN of fdb add being the port's own, and ports showing each port's VLANs."""
+    ports = [
+        {"name": "a", "type": "vhost-user", "path": str(tmp_path / "a.sock"), "vlan": 10},
+        {"name": "b", "type": "vhost-user", "path": str(tmp_path / "b.sock"),
+         "trunks": [10, "20-22"], "native_vlan": 5},
+    ]  # fmt: skip
+    cfg = tmp_path / "vswitch.yaml"
+    cfg.write_text(yaml.safe_dump({"control": str(tmp_path / "ctl.sock"), "ports": ports}))
+    with switch_in_thread(load_config(cfg)) as (sw, _):
+        assert cli(sw, "fdb", "add", MS, "a").stdout == f"added static {MS} vlan 10 on a\n"
+        assert cli(sw, "fdb", "add", MS, "b").stdout == f"added static {MS} vlan 5 on b\n"
+        assert cli(sw, "fdb", "add", MA, "b", "--vlan", "21").stdout.endswith("vlan 21 on b\n")
+        err = cli(sw, "fdb", "add", MB, "b", "--vlan", "30", code=1).stderr
+        assert err == (
+            "error: port b does not carry VLAN 30 (trunks 10,20-22, native_vlan 5): "
+            "give --vlan with one of its VLANs\n"
+        )
+        assert "does not carry VLAN 0" in cli(sw, "fdb", "add", MB, "a", "--vlan", "0",
+                                              code=1).stderr  # fmt: skip
+        rows = [line.split()[:4] for line in cli(sw, "fdb").stdout.splitlines()[1:]]
+        assert rows == [[MS, "5", "b", "static"], [MS, "10", "a", "static"],
+                        [MA, "21", "b", "static"]]  # fmt: skip
+        out = cli(sw, "fdb", "flush", "--static", "--vlan", "21").stdout
+        assert out == "flushed 1 entry (dynamic and static) on all ports, VLAN 21\n"
+        assert "removed" in cli(sw, "fdb", "del", MS, "--vlan", "5").stdout
+        assert [e["vlan"] for e in json.loads(cli(sw, "fdb", "--json").stdout)] == [10]
+        lines = cli(sw, "ports").stdout.splitlines()
+        assert "   vlan 10, macs 0 (limit 4096)" in lines
+        assert "   trunk 10,20-22, native 5, macs 0 (limit 4096)" in lines
+        info = {p["name"]: p for p in json.loads(cli(sw, "ports", "--json").stdout)}
+        assert (info["a"]["vlan_mode"], info["a"]["vlan"]) == ("access", 10)
+        assert info["b"]["trunks"] == [10, 20, 21, 22] and info["b"]["native_vlan"] == 5

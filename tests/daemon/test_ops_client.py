@@ -106,9 +106,13 @@ async def test_every_method_against_a_real_daemon(daemon: Daemon, tmp_path: Path
             {"mac": MB, "vlan": 0, "port": "b", "age": 0, "type": "static"}
         ]
         assert await c.fdb_del(MB) == {"mac": MB, "vlan": 0, "port": "b"}
-        assert await c.fdb_flush("a") == {"flushed": 1, "port": "a", "static": False}
+        assert await c.fdb_flush("a") == {
+            "flushed": 1, "port": "a", "static": False, "vlan": None
+        }  # fmt: skip
         st = await c.stats()
-        assert set(st) == {"switch", "ports", "uptime", "reloads", "metrics", "captures"}
+        assert set(st) == {
+            "switch", "ports", "uptime", "reloads", "metrics", "captures", "vlans"
+        }  # fmt: skip
         assert scrub(st)["ports"].keys() == scrub(await cli_json(ctl, "stats"))["ports"].keys()
         r = await c.reload()
         assert r == {"file": str(daemon.config), "changes": [], "warnings": []}

@@ -104,6 +104,7 @@ async def test_fdb_add_del_flush(sw: Switch) -> None:
             "flushed": 1,
             "port": "b",
             "static": False,
+            "vlan": None,
         }
         assert {e["mac"] for e in await ask(sw, "fdb")} == {MA, MS}
         assert (await ask(sw, "fdb-del", mac=MS)) == {"mac": MS, "vlan": 0, "port": "b"}

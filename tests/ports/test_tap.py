@@ -106,7 +106,8 @@ def test_tap_config_defaults_and_values() -> None:
         (
             {"bridge": "br0"},
             "ports[0] (h1).bridge: unknown key (known keys here: addresses, ifname, mac, "
-            "mac_limit, mirror, mtu, name, netns, static_macs, type, up)",
+            "mac_limit, mirror, mtu, name, native_vlan, netns, static_macs, trunks, type, up, "
+            "vlan)",
         ),
     ],
 )

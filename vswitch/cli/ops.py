@@ -91,9 +91,11 @@ def fdb_add(
 ) -> None:
     """Pin MAC to PORT as a static entry (until deleted, flushed with --static, or restart)."""
     r = _fdb_ask("fdb-add", control, config, mac=mac, port=port, vlan=vlan)
-    _show(
-        r, _fdb_json(as_json), lambda r: f"added static {r['mac']} vlan {r['vlan']} on {r['port']}"
-    )
+    def human(r: dict[str, Any]) -> str:
+        on = f" vlan {r['vlan']}" if r.get("vlan") else ""
+        return f"added static {r['mac']}{on} on {r['port']}"
+
+    _show(r, _fdb_json(as_json), human)
 
 
 @fdb.command("del")
