@@ -482,8 +482,19 @@ static inline bool vs_leaves_tagged(const struct vs_port *d, uint16_t v)
  * taken off (the frame then looks untagged: eth's ethertype is the one the
  * tag carried).  false: the frame is dropped (counted on ip and its VLAN). */
 bool vs_vlan_ingress(struct vs_switch *sw, struct vs_port *ip, struct vs_pkt *pkt);
-/* Frame i of the burst as port d gets it: sw->pkts[i] or its tagged view. */
-struct vs_pkt *vs_vlan_view(struct vs_switch *sw, const struct vs_port *d, uint32_t i);
+/* Frame i of the burst with its tag (made once per burst). */
+struct vs_pkt *vs_vlan_tagged(struct vs_switch *sw, uint32_t i);
+
+/* Frame i of the burst as port d gets it: sw->pkts[i] or its tagged view.
+ * Inline: it runs for every frame queued on a port. */
+static inline struct vs_pkt *vs_vlan_view(struct vs_switch *sw, const struct vs_port *d,
+                                          uint32_t i)
+{
+    struct vs_pkt *u = &sw->pkts[i];
+    if (__builtin_expect(!vs_leaves_tagged(d, u->vlan), 1))
+        return u;
+    return vs_vlan_tagged(sw, i);
+}
 /* Which frame of the burst a pointer vs_vlan_view returned is. */
 static inline uint32_t vs_burst_index(const struct vs_switch *sw, const struct vs_pkt *pkt)
 {

@@ -147,11 +147,8 @@ static struct vs_pkt *make_tagged(struct vs_switch *sw, uint32_t i)
     return t;
 }
 
-struct vs_pkt *vs_vlan_view(struct vs_switch *sw, const struct vs_port *d, uint32_t i)
+struct vs_pkt *vs_vlan_tagged(struct vs_switch *sw, uint32_t i)
 {
-    struct vs_pkt *u = &sw->pkts[i];
-    if (__builtin_expect(!vs_leaves_tagged(d, u->vlan), 1))
-        return u;
     if (sw->tagged_made >> i & 1)
         return &sw->tagged[i];
     return make_tagged(sw, i);

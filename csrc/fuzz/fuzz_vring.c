@@ -27,7 +27,8 @@
  *   6   u16 mtu port 0                8  u16 mtu port 1
  *   10  u8  fdb size - 1 (mod 16)
  *   11  u8  ring layout: 0 packed at the start of region 0, else raw
- *   12  u8  region 0's gpa in pages (mod 16)    13  unused (region 0 is 32 KiB)
+ *   12  u8  region 0's gpa in pages (mod 16)    (region 0 is 32 KiB)
+ *   13  u8  VLAN mode of port 0 (bits 0-1) and port 1 (bits 2-3), see set_vlan_mode
  *   14  region 1, then 16 region 2: u8 gpa gap after the previous region in
  *       pages (mod 4; 0 = adjacent), u8 size in pages - 1 (mod 4)
  *   18  raw layout: 4 rings x (u16 desc, u16 avail, u16 used) offsets
@@ -94,6 +95,7 @@ struct world {
     uint64_t features[2];
     uint32_t mtu[2];
     uint16_t base[4];
+    uint32_t vmode[2];
 };
 
 static int memfd = -1;
@@ -346,6 +348,26 @@ static const struct vs_bpf_insn fuzz_filter[] = {
     {0x16, 0, 0, 0},          /* ret a */
 };
 
+/* A port's VLANs (vs_vlan.c): 0 not VLAN-aware, 1 an access port of 10, 2 a
+ * trunk of 10 and 20, 3 a trunk of 10 with 20 native, so frames the guest
+ * tags (or not) are taken in, refused, tagged and untagged on the way. */
+static const uint16_t fuzz_trunks[2] = {10, 20};
+
+static void set_vlan_mode(struct world *w, uint32_t port, uint32_t mode)
+{
+    static const uint32_t access[4] = {0, 10, 0, 0}, ntrunks[4] = {0, 0, 2, 1},
+                          native[4] = {0, 0, 0, 20};
+    mode %= 4;
+    if (vs_port_set_vlans(w->sw, port, access[mode], fuzz_trunks, ntrunks[mode], native[mode]) < 0)
+        die("vs_port_set_vlans");
+    w->vmode[port] = mode;
+}
+
+static bool vlan_carried(uint32_t mode, uint32_t vlan)
+{
+    return mode == 0 ? vlan == 0 : mode == 1 ? vlan == 10 : vlan == 10 || vlan == 20;
+}
+
 static void run_op(struct world *w, uint8_t op, uint8_t arg)
 {
     uint32_t port = arg & 1;
@@ -384,7 +406,9 @@ static void run_op(struct world *w, uint8_t op, uint8_t arg)
             setup_port(w, port);
         break;
     case 8:
-        if (arg & 2)
+        if (arg & 16)
+            set_vlan_mode(w, port, (uint32_t)arg >> 5);
+        else if (arg & 2)
             vs_fdb_age(w->sw, 0);
         else
             vs_fdb_flush(w->sw, (arg & 4) ? -1 : (int)port, arg & 8);
@@ -452,12 +476,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* Regions: region 0 holds the rings; gpa gaps may be zero, making
      * regions adjacent in guest-physical space but not in the file. */
     uint64_t gpa = (uint64_t)(u8(&in) % 16) * PAGE;
+    uint8_t vlan_byte = 0;
     for (uint32_t i = 0; i < 3; i++) {
         if (i > 0)
             gpa += (uint64_t)(u8(&in) % 4) * PAGE;
         uint64_t sz = i == 0 ? REGION0_SIZE : (uint64_t)(1 + u8(&in) % 4) * PAGE;
         if (i == 0)
-            u8(&in);
+            vlan_byte = u8(&in);
         w.reg[i] = (struct region){gpa, sz, UA_BASE + (uint64_t)i * 0x10000000ULL, 0};
         gpa += sz;
     }
@@ -518,6 +543,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (vs_port_open(w.sw, port, VS_PORT_VHOST, w.mtu[port]) < 0)
             die("vs_port_open");
         setup_port(&w, port);
+        set_vlan_mode(&w, port, (uint32_t)vlan_byte >> (2 * port));
     }
     check_port(&w, 0);
     check_port(&w, 1);
@@ -535,6 +561,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (uint32_t i = 0; i < n; i++)
         if (fdb[i].port > 1 || fdb[i].mac >> 48)
             die("MAC table entry out of range");
+        else if (!vlan_carried(w.vmode[fdb[i].port], fdb[i].vlan))
+            die("MAC table entry on a VLAN its port does not carry");
     for (uint32_t port = 0; port < 2; port++) {
         struct vs_port_stats st;
         vs_port_get_stats(w.sw, port, &st);

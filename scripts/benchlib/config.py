@@ -12,14 +12,18 @@ SUT_CORE = 1  # the switch under test (whole process), and the generator's main 
 MAC = ("02:00:00:00:00:01", "02:00:00:00:00:02")
 QUEUE_SIZE = 1024
 TX_FIRST = 32
-SYSTEMS = ("vswitch", "testpmd", "ovs", "vswitch-100kmac", "vswitch-64port")
+SYSTEMS = ("vswitch", "testpmd", "ovs", "vswitch-100kmac", "vswitch-64port", "vswitch-vlan")
 SCALE = ("vswitch-100kmac", "vswitch-64port")
+# Variants of vswitch measured at every frame size and reported as a ratio to plain vswitch
+# at the same size: the VLAN access/trunk pair (a tag pushed on one leg, popped on the other).
+VARIANTS = ("vswitch-vlan",)
 LABEL = {
     "vswitch": "vswitch",
     "testpmd": "testpmd io-fwd",
     "ovs": "OVS-DPDK",
     "vswitch-100kmac": "vswitch, 100k learned MACs",
     "vswitch-64port": "vswitch, 64 ports (62 idle)",
+    "vswitch-vlan": "vswitch, VLAN access + trunk",
 }
 LEARN_MACS = 100_000
 IDLE_PORTS = 62

@@ -156,7 +156,10 @@ def _ratio(
 
 
 def by_state(
-    results: list[dict[str, Any]], sizes: list[int], scale: tuple[str, ...]
+    results: list[dict[str, Any]],
+    sizes: list[int],
+    scale: tuple[str, ...],
+    variants: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Per placement: each system's per-second rates, and the ratios the
     report and the targets use."""
@@ -180,6 +183,9 @@ def by_state(
                 st["ratios"].setdefault(str(size), {})[f"vswitch/{other}"] = _ratio(
                     mine, theirs, state
                 )
+            for variant in variants:
+                them = [r for r in ok if r["size"] == size and r["system"] == variant]
+                st["ratios"][str(size)][f"{variant}/vswitch"] = _ratio(them, mine, state)
         small = min(sizes)
         base = [r for r in ok if r["size"] == small and r["system"] == "vswitch"]
         for name in scale:

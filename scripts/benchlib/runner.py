@@ -79,6 +79,8 @@ class Bench:
                 await asyncio.sleep(o.idle)
                 rec["idle_cpu"] = m.percent()
                 rec["idle_switch"] = _switch_delta(before, await sut.snapshot())
+            for cmd in sut.generator_commands:
+                await gen.cmd(cmd)
             rec["tx_first_attempts"] = await gen.kickoff()
             await asyncio.sleep(o.warmup)
             snap0 = await sut.snapshot()

@@ -215,11 +215,12 @@ def _eth(dst: str, src: str, n: int) -> bytes:
 
 
 def _header(nreg: int, feats: tuple[int, int], ops: list[tuple[int, int]],
-            log2_num: int = 3) -> bytes:
+            log2_num: int = 3, vlans: int = 0) -> bytes:
     h = bytes([nreg - 1, 0, feats[0], feats[1], log2_num, log2_num])  # 3 = log2(_NUM)
     h += struct.pack("<HH", 1500 - 68, 1500 - 68)
     h += bytes([7, 0])  # fdb size 8, packed ring layout
-    h += bytes([1, 0, 0, 1, 0, 2])  # gpa base 1 page; regions 1, 2: adjacent, 2 and 3 pages
+    h += bytes([1, vlans, 0, 1, 0, 2])  # gpa base 1 page, VLAN modes; regions 1, 2: adjacent,
+    # 2 and 3 pages
     h += bytes(24)  # raw ring offsets (unused with the packed layout)
     h += bytes(8)  # bases
     h += bytes([len(ops)]) + b"".join(bytes(op) for op in ops)
@@ -268,6 +269,23 @@ def fuzz_seeds() -> dict[str, bytes]:
            (224, 0x01 | 7 << 2 | 3 << 5), (0, 0), (224, 0x03 | 3 << 2 | 2 << 5), (0, 1),
            (224, 0x00 | 7 << 2 | 3 << 5), (4, 200)]
     seeds["long-chains-and-tiny-heads"] = _header(1, (_MODERN, _MODERN), ops, 8)
+    # VLANs: port 0 a trunk of 10 and 20, port 1 an access port of 10 (byte 13 = 2 | 1 << 2);
+    # tagged, untagged, QinQ and runt-tagged frames from the trunk, one with its tag cut
+    # across descriptors, and the trunk turned into one with a native VLAN mid-run (op 8,
+    # arg 0x10 | mode << 5).
+    img = _Image(12)
+    vlan = _eth(bc, a, 80)
+    tagged = vlan[:12] + b"\x81\x00\x00\x0a" + vlan[12:]
+    img.tx(1, tagged, split=True)
+    img.tx(1, vlan[:12] + b"\x81\x00\x60\x14" + vlan[12:])
+    img.tx(1, vlan[:12] + b"\x88\xa8\x00\x0a\x81\x00\x00\x0a" + vlan[12:])
+    img.tx(1, tagged[:17])
+    img.tx(3, _eth(bc, b, 70))
+    img.tx(1, vlan)
+    img.rx(0, 4, 256)
+    img.rx(2, 4, 256)
+    ops = [(0, 0), (0, 1), (8, 0x10 | 3 << 5), (5, 1), (0, 0), (0, 1)]
+    seeds["vlans"] = _header(1, (_MODERN, _MODERN), ops, vlans=2 | 1 << 2) + bytes(img.mem)
     for data in seeds.values():
         assert len(data) <= 4096, "scripts/fuzz runs with -max_len=4096"
     return seeds
