@@ -159,7 +159,7 @@ def by_state(
     results: list[dict[str, Any]],
     sizes: list[int],
     scale: tuple[str, ...],
-    variants: tuple[str, ...] = (),
+    variants: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Per placement: each system's per-second rates, and the ratios the
     report and the targets use."""
@@ -183,9 +183,10 @@ def by_state(
                 st["ratios"].setdefault(str(size), {})[f"vswitch/{other}"] = _ratio(
                     mine, theirs, state
                 )
-            for variant in variants:
+            for variant, anchor in (variants or {}).items():
                 them = [r for r in ok if r["size"] == size and r["system"] == variant]
-                st["ratios"][str(size)][f"{variant}/vswitch"] = _ratio(them, mine, state)
+                base = [r for r in ok if r["size"] == size and r["system"] == anchor]
+                st["ratios"][str(size)][f"{variant}/{anchor}"] = _ratio(them, base, state)
         small = min(sizes)
         base = [r for r in ok if r["size"] == small and r["system"] == "vswitch"]
         for name in scale:

@@ -44,8 +44,7 @@ def summarize(bench: Bench) -> dict[str, Any]:
             ("testpmd", "frame_bytes_at_generator"),
             ("vswitch", "frame_bytes_at_switch"),
         )
-        # The VLAN variant's frames carry a 4-byte tag on one leg of two: 2 bytes more.
-        if key in r and abs(r[key] - (r["size"] - 4) - (2 if r["system"] in VARIANTS else 0)) > 0.5
+        if key in r and abs(r[key] - (r["size"] - 4)) > 0.5
     ]
     base = "vswitch"
     for size in sizes:
@@ -54,10 +53,10 @@ def summarize(bench: Bench) -> dict[str, Any]:
             theirs = by.get((other, size), {})
             ratios = [mine[r] / theirs[r] for r in mine if r in theirs and theirs[r] > 0]
             summary["ratios"].setdefault(str(size), {})[f"vswitch/{other}"] = _stats(ratios)
-        for variant in VARIANTS:
-            theirs = by.get((variant, size), {})
-            ratios = [theirs[r] / mine[r] for r in theirs if r in mine and mine[r] > 0]
-            summary["ratios"].setdefault(str(size), {})[f"{variant}/vswitch"] = _stats(ratios)
+        for variant, anchor in VARIANTS.items():
+            theirs, base_ = by.get((variant, size), {}), by.get((anchor, size), {})
+            ratios = [theirs[r] / base_[r] for r in theirs if r in base_ and base_[r] > 0]
+            summary["ratios"].setdefault(str(size), {})[f"{variant}/{anchor}"] = _stats(ratios)
     summary["by_state"] = placement.by_state(bench.results, sizes, SCALE, VARIANTS)
     small = min(sizes)
     for scale in SCALE:
@@ -111,28 +110,34 @@ def _variants(summary: dict[str, Any], sizes: list[int]) -> list[str]:
     near = (summary.get("by_state") or {}).get("near", {})
     rows = []
     for size in sizes:
-        for variant in VARIANTS:
-            pps = summary["pps"].get(str(size), {}).get(variant)
-            if not pps:
-                continue
-            key = f"{variant}/vswitch"
-            nr = near.get("ratios", {}).get(str(size), {}).get(key)
-            rows.append(f"| {size} B | {LABEL[variant]} | {_mpps(pps)} | {_ratio(nr, True)} | "
-                        f"{_ratio(summary['ratios'].get(str(size), {}).get(key))} |")  # fmt: skip
+        for variant, anchor in VARIANTS.items():
+            for system in (anchor, variant):
+                pps = summary["pps"].get(str(size), {}).get(system)
+                if not pps:
+                    continue
+                key = f"{variant}/{anchor}" if system == variant else ""
+                nr = near.get("ratios", {}).get(str(size), {}).get(key)
+                whole = summary["ratios"].get(str(size), {}).get(key)
+                rows.append(f"| {size} B | {LABEL[system]} | {_mpps(pps)} | "
+                            f"{_ratio(nr, True) if nr else '—'} | "
+                            f"{_ratio(whole) if whole else '—'} |")  # fmt: skip
     if not rows:
         return []
     return [
         "",
         "## VLANs",
         "",
-        "| Frame | Case | Mpps | ratio to vswitch untagged, near seconds | same, whole "
+        "| Frame | Case | Mpps | ratio to no VLANs, near seconds | same, whole "
         "measurements |",
         "|---|---|---|---|---|",
         *rows,
         "",
         "- Port a is an access port of VLAN 10, port b a trunk of VLAN 10: the generator's "
         "frames from a leave b tagged (the tag pushed while the frame is copied), and come "
-        "back into b tagged (popped on the way to a).",
+        "back into b tagged (popped on the way to a). testpmd strips the tag of what its port "
+        "1 receives and puts one on what it sends, in software; the anchor has the same "
+        "generator and ports without VLANs, which pass the tagged frames untouched, so the "
+        "ratio is the switch's own cost of pushing and popping.",
     ]
 
 
@@ -194,10 +199,10 @@ def targets(o: Options, summary: dict[str, Any], flood: dict[str, Any] | None = 
         ("1518 B: vswitch/testpmd ≥ 0.9×", lambda w: ratio(w, 1518, "vswitch/testpmd"), 0.9),
         ("100k learned MACs ≥ 0.9× the 2-MAC rate", lambda w: scale(w, "vswitch-100kmac"), 0.9),
         ("64 ports (62 idle) ≥ 0.9× the 2-port rate", lambda w: scale(w, "vswitch-64port"), 0.9),
-        ("64 B: VLAN access/trunk ≥ 0.95× untagged",
-         lambda w: ratio(w, 64, "vswitch-vlan/vswitch"), 0.95),
-        ("1518 B: VLAN access/trunk ≥ 0.95× untagged",
-         lambda w: ratio(w, 1518, "vswitch-vlan/vswitch"), 0.95),
+        ("64 B: VLAN access/trunk ≥ 0.95× no VLANs",
+         lambda w: ratio(w, 64, "vswitch-vlan/vswitch-vlan-anchor"), 0.95),
+        ("1518 B: VLAN access/trunk ≥ 0.95× no VLANs",
+         lambda w: ratio(w, 1518, "vswitch-vlan/vswitch-vlan-anchor"), 0.95),
     ]  # fmt: skip
     for label, get, want in checks:
         judged, whole = get(near), get(summary)
