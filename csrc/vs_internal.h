@@ -90,6 +90,12 @@ struct vs_pkt {
     uint8_t eth[VS_ETH_HDR];
     struct vs_seg seg[VS_PKT_SEGS]; /* the len - VS_ETH_HDR bytes after eth */
     uint8_t *buf;                   /* VS_PKT_SIZE bytes owned by this slot */
+    /* VXLAN ports (vs_vxlan.c): the remote a frame came from (1 + index,
+     * set by the VXLAN dequeue), and the one remote of port tx_port that
+     * forwarding found it is for (0: every remote, a flooded frame). */
+    uint16_t rx_remote;
+    uint16_t tx_remote;
+    uint32_t tx_port;
 };
 
 /* Guest memory: one mapping per region of the front end's table. */
@@ -159,7 +165,8 @@ struct vs_port {
     uint32_t kind;
     uint32_t mtu;
     uint32_t mac_limit;
-    int fd;                 /* TAP ports */
+    int fd;                 /* TAP ports; VXLAN ports: the UDP socket */
+    struct vs_vxlan *vx;    /* VXLAN ports (vs_vxlan.c) */
     struct vs_capture *cap;
     uint64_t features;
     uint32_t hdr_len;
@@ -200,6 +207,7 @@ struct fdb_slot {
     uint32_t port;
     uint32_t seen;
     uint16_t flags;
+    uint16_t remote;        /* VXLAN ports: 1 + the remote's index, 0 = none */
 };
 #define FDB_USED (1ULL << 63)
 
@@ -436,6 +444,33 @@ static inline void vs_delivered(struct vs_port *p, const struct vs_pkt *pkt)
 int vs_tap_dequeue(struct vs_port *p, struct vs_pkt *pkts, uint32_t max);
 uint32_t vs_tap_enqueue(struct vs_port *p, struct vs_pkt **pkts, uint32_t n);
 
+/* vs_vxlan.c: VXLAN ports, one UDP socket each (p->fd), read and written
+ * in batches.  Like a TAP, a port whose frames go through a file
+ * descriptor: vs_fd_port says which kinds, vs_fd_dequeue/enqueue pick the
+ * kind's I/O. */
+int vs_vxlan_dequeue(struct vs_port *p, struct vs_pkt *pkts, uint32_t max);
+uint32_t vs_vxlan_enqueue(struct vs_port *p, struct vs_pkt **pkts, uint32_t n);
+void vs_vxlan_free(struct vs_port *p);
+/* Decapsulates one datagram of len bytes that lies in pkt->buf, from the
+ * remote at from (a struct sockaddr_in or _in6): true if pkt now holds its
+ * inner frame, false if it was dropped (and counted). */
+bool vs_vxlan_decap(struct vs_port *p, struct vs_pkt *pkt, uint32_t len, const void *from);
+
+static inline bool vs_fd_port(const struct vs_port *p)
+{
+    return p->kind == VS_PORT_TAP || p->kind == VS_PORT_VXLAN;
+}
+
+static inline int vs_fd_dequeue(struct vs_port *p, struct vs_pkt *pkts, uint32_t max)
+{
+    return p->kind == VS_PORT_VXLAN ? vs_vxlan_dequeue(p, pkts, max) : vs_tap_dequeue(p, pkts, max);
+}
+
+static inline uint32_t vs_fd_enqueue(struct vs_port *p, struct vs_pkt **pkts, uint32_t n)
+{
+    return p->kind == VS_PORT_VXLAN ? vs_vxlan_enqueue(p, pkts, n) : vs_tap_enqueue(p, pkts, n);
+}
+
 /* vs_fdb.c: the MAC table on its own.  Times are the switch's coarse
  * seconds (sw->now); ports are below VS_MAX_PORTS, mac and vlan within
  * VS_MAC_MASK and VS_VLAN_MAX (the callers check). */
@@ -445,8 +480,17 @@ void vs_fdb_destroy(struct vs_fdb *fdb);
  * limit dynamic entries (0 = no limit). */
 enum vs_learn vs_fdb_learn(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan, uint32_t port,
                            uint32_t limit, uint32_t now);
+/* The same, behind one remote of a VXLAN port (1 + its index; 0 = none):
+ * a known address seen from another remote of the same port takes it. */
+enum vs_learn vs_fdb_learn_at(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan, uint32_t port,
+                              uint16_t remote, uint32_t limit, uint32_t now);
 /* Port index for (vlan, mac), or -1. */
 int64_t vs_fdb_lookup(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan);
+/* The same, and the entry's remote in *remote (0 when there is none). */
+int64_t vs_fdb_lookup_at(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan, uint16_t *remote);
+/* Forgets which remote of port each of its addresses is behind (the
+ * port's remotes changed): they flood to the port again until relearned. */
+void vs_fdb_forget_remotes(struct vs_fdb *fdb, uint32_t port);
 /* Adds or replaces an entry, ignoring the port's limit; -ENOSPC when full. */
 int vs_fdb_put(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan, uint32_t port, bool is_static,
                uint32_t now);
