@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -349,6 +351,36 @@ async def test_startup_errors_name_the_problem(tmp_path: Path) -> None:
             assert f"port vx1: {expect}" in str(e.value)
 
 
+async def test_several_vxlan_ports_on_one_switch(tmp_path: Path) -> None:
+    """Two VXLAN ports (two endpoints of one underlay namespace, VNIs 42 and 43) to two
+    kernel peers, and a host: every pair reaches the other, tunnel to tunnel too."""
+    need_root()
+    need_tool("ping")
+    host = ns_name("h")
+    with Underlay() as u:
+        u.veth("sw", "u0", "192.0.2.1/24", "k1", "k0", "192.0.2.2/24")
+        u.veth("sw", "u1", "192.0.4.1/24", "k2", "k0", "192.0.4.2/24")
+        u.kernel_vxlan("k1", "k0", local="192.0.2.2", remote="192.0.2.1", inner="10.42.0.2/24")
+        u.kernel_vxlan("k2", "k0", local="192.0.4.2", remote="192.0.4.1", inner="10.42.0.3/24",
+                       vni=43)  # fmt: skip
+        ports = [host_port(host)]
+        for name, vni, local, remote in (("vx1", 42, "192.0.2.1", "192.0.2.2"),
+                                         ("vx2", 43, "192.0.4.1", "192.0.4.2")):  # fmt: skip
+            ports.append({"name": name, "type": "vxlan", "vni": vni, "local": local,
+                          "remotes": [remote], "netns": u.ns("sw")})  # fmt: skip
+        try:
+            async with switch(tmp_path, ports) as sw:
+                ok(await aping(host, "10.42.0.2"))
+                ok(await aping(host, "10.42.0.3"))
+                ok(await aping(u.ns("k1"), "10.42.0.3", size=1450 - 28))
+                for name in ("vx1", "vx2"):
+                    c = counters(sw, name)
+                    assert c["rx_packets"] >= 6 and c["tx_packets"] >= 6, (name, c)
+                    assert c["rx_drop_vxlan_vni"] == 0 and c["rx_drop_vxlan_remote"] == 0, c
+        finally:
+            delete_netns(host)
+
+
 # --------------------------------------------------------------------------- two switches
 
 
@@ -363,6 +395,7 @@ async def test_two_switches_joined_by_vxlan(tmp_path: Path) -> None:
     with Underlay() as u:
         u.veth("a", "ua", "192.0.2.1/24", "b", "ub", "192.0.2.2/24")
         sides = []
+        metrics = _free_port()
         for tag, h, addr, local, remote in (
             ("a", ha, "10.43.0.1/24", "192.0.2.1", "192.0.2.2"),
             ("b", hb, "10.43.0.2/24", "192.0.2.2", "192.0.2.1"),
@@ -372,7 +405,8 @@ async def test_two_switches_joined_by_vxlan(tmp_path: Path) -> None:
             ports = [host_port(h, addr, mac=f"52:54:00:43:00:0{len(sides) + 1}"),
                      {"name": "vx1", "type": "vxlan", "vni": 4242, "local": local,
                       "remotes": [remote], "netns": u.ns(tag)}]  # fmt: skip
-            sides.append(SwitchProcess(work, ports, log_level="info"))
+            extra = {"metrics": {"listen": f"127.0.0.1:{metrics}"}} if tag == "a" else {}
+            sides.append(SwitchProcess(work, ports, log_level="info", **extra))
         try:
             async with sides[0] as a, sides[1] as b:
                 ok(await aping(ha, "10.43.0.2"))
@@ -387,10 +421,26 @@ async def test_two_switches_joined_by_vxlan(tmp_path: Path) -> None:
                     assert c["rx_datagrams"] == c["rx_packets"], c
                     fdb = {e["mac"]: e for e in await sp.fdb()}
                     other = "52:54:00:43:00:02" if sp is a else "52:54:00:43:00:01"
-                    assert fdb[other]["port"] == "vx1", fdb
+                    remote = "192.0.2.2" if sp is a else "192.0.2.1"
+                    assert (fdb[other]["port"], fdb[other]["remote"]) == ("vx1", remote), fdb
+                # The counters in the metrics too, drops by reason.
+                text = await asyncio.to_thread(_scrape, metrics)
+                assert 'vswitch_port_vxlan_tx_datagrams_total{port="vx1"}' in text, text
+                assert 'vswitch_port_rx_drops_total{port="vx1",reason="vxlan_vni"} 0.0' in text
         finally:
             delete_netns(ha)
             delete_netns(hb)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        return r.read().decode()
 
 
 def test_no_test_namespace_left() -> None:

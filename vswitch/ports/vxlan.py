@@ -144,6 +144,13 @@ class VxlanPort(Port):
         if "remotes" in fields or "learn_remotes" in fields:
             self._configure(new)
 
+    def remote_address(self, remote: int) -> str | None:
+        """The address of remote `remote` (1 + its index, as the MAC table has it)."""
+        if self.port < 0 or remote < 1:
+            return None
+        remotes = self.dp.vxlan_remotes(self.port, self.cfg.ipv6)
+        return remotes[remote - 1] if remote <= len(remotes) else None
+
     def info(self) -> dict[str, Any]:
         cfg = self.cfg
         counters: dict[str, int] = {}
