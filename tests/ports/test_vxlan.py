@@ -338,8 +338,8 @@ async def test_startup_errors_name_the_problem(tmp_path: Path) -> None:
             ({"local": "192.0.3.9", "netns": u.ns("sw")}, "local 192.0.3.9 is not an address"),
             ({"local": "192.0.3.1", "netns": "vsx-none"}, "network namespace vsx-none does not"),
             ({"local": "192.0.3.1", "netns": u.ns("sw"), "mtu": 1451},
-             "mtu 1451 is more than the underlay can carry: the interface of 192.0.3.1 has MTU "
-             "1500, less 50 bytes of VXLAN headers leaves 1450"),
+             "mtu 1451 is more than the underlay can carry: its MTU is 1500, less 50 bytes of "
+             "VXLAN headers leaves 1450"),
         ]  # fmt: skip
         u.kernel_vxlan("x", "x0", local="192.0.3.2", remote="192.0.3.1", inner="10.9.0.1/24")
         cases.append(({"local": "192.0.3.2", "netns": u.ns("x"), "remotes": ["192.0.3.1"]},
@@ -379,6 +379,32 @@ async def test_several_vxlan_ports_on_one_switch(tmp_path: Path) -> None:
                     assert c["rx_drop_vxlan_vni"] == 0 and c["rx_drop_vxlan_remote"] == 0, c
         finally:
             delete_netns(host)
+
+
+async def test_underlay_mtu_follows_the_routes_to_the_remotes(tmp_path: Path) -> None:
+    """A VTEP address on lo (as EVPN setups have it): the MTU is the one of the way to the
+    remotes, the smallest of them, a route's own `mtu` first."""
+    from vswitch.netsys.netns import run_in_netns
+    from vswitch.netsys.vxlan import underlay_mtu
+
+    need_root()
+    with Underlay() as u:
+        u.veth("sw", "u3", "192.0.6.1/24", "x", "x0", "192.0.6.2/24", mtu=9000)
+        sw_ns = u.ns("sw")
+        run("ip", "addr", "add", "10.255.0.1/32", "dev", "lo", ns=sw_ns)
+        run("ip", "route", "add", "192.0.7.0/24", "dev", "u3", "mtu", "1400", ns=sw_ns)
+
+        def mtu(*remotes: str) -> int:
+            return run_in_netns(sw_ns, lambda: underlay_mtu("10.255.0.1", remotes))
+
+        assert mtu("192.0.6.2") == 9000
+        assert mtu("192.0.7.2") == 1400
+        assert mtu("192.0.6.2", "192.0.7.2") == 1400
+        assert mtu() == 65536  # no remotes: the interface of local (lo)
+        port = {"name": "vx1", "type": "vxlan", "vni": 42, "local": "10.255.0.1",
+                "remotes": ["192.0.6.2"], "netns": sw_ns}  # fmt: skip
+        async with switch(tmp_path, [port]) as sw:
+            assert sw.ports["vx1"].info()["mtu"] == 8950
 
 
 # --------------------------------------------------------------------------- two switches

@@ -18,8 +18,10 @@ import contextlib
 import ctypes
 import errno
 import ipaddress
+import os
 import socket
 import struct
+from collections.abc import Sequence
 
 # <linux/in.h>, <linux/in6.h>, <asm-generic/socket.h>
 IP_MTU_DISCOVER = 10
@@ -96,23 +98,49 @@ def _bind_error(exc: OSError, local: str, dstport: int) -> OSError:
     return OSError(exc.errno, why)
 
 
-def underlay_mtu(local: str) -> int:
-    """The MTU of the interface that holds `local`; OSError if none does."""
+def underlay_mtu(local: str, remotes: Sequence[str] = ()) -> int:
+    """The underlay MTU: the smallest over the routes to the remotes (the interface each
+    leaves by, or the route's own mtu), else that of the interface holding `local` (a port
+    with no remotes yet, or no route).  OSError if neither is found."""
     from pyroute2 import IPRoute
 
-    want = ipaddress.ip_address(local)
+    fam = _family(local)
     with IPRoute() as ipr:
-        for msg in ipr.get_addr(family=_family(local)):
+        mtus = []
+        for r in remotes:
+            try:
+                (route,) = ipr.route("get", dst=r, family=fam)
+            except Exception:  # no route: sending to it fails (counted); others decide
+                continue
+            oif = route.get_attr("RTA_OIF")
+            metrics = route.get_attr("RTA_METRICS")
+            mtu = metrics.get_attr("RTAX_MTU") if metrics is not None else None
+            if not mtu and oif:
+                (link,) = ipr.get_links(oif)
+                mtu = link.get_attr("IFLA_MTU")
+            if mtu:
+                mtus.append(int(mtu))
+        if mtus:
+            return min(mtus)
+        want = ipaddress.ip_address(local)
+        for msg in ipr.get_addr(family=fam):
             addr = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
             with contextlib.suppress(ValueError):
                 if addr and ipaddress.ip_address(addr) == want:
                     (link,) = ipr.get_links(msg["index"])
                     return int(link.get_attr("IFLA_MTU"))
-    raise OSError(errno.EADDRNOTAVAIL, f"local {local} is not an address of this network namespace")
+    raise OSError(
+        errno.EADDRNOTAVAIL,
+        f"no route to the remotes and local {local} is not an address of this network namespace",
+    )
 
 
-def open_endpoint(local: str, dstport: int) -> tuple[int, int, int]:
+def open_endpoint(local: str, dstport: int, remotes: Sequence[str]) -> tuple[int, int, int]:
     """(rx fd, tx fd, underlay MTU): everything a VXLAN port needs from its namespace."""
-    mtu = underlay_mtu(local)
     rx, tx = open_vxlan_sockets(local, dstport)
-    return rx, tx, mtu
+    try:
+        return rx, tx, underlay_mtu(local, remotes)
+    except BaseException:
+        os.close(rx)
+        os.close(tx)
+        raise

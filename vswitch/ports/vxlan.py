@@ -6,7 +6,7 @@ hold `local`: it is the underlay's, set up by whoever set up the underlay) and h
 to the C fast path, which encapsulates and decapsulates in bursts.  To the switch it is a
 port like any other: MACs are learned on it (and behind which remote), frames flood to it.
 
-Its inner MTU is the underlay interface's minus the outer headers (50 bytes, 70 over
+Its inner MTU is the underlay's (the routes to the remotes) minus the outer headers (50 bytes, 70 over
 IPv6), or the config's `mtu` if that is lower; a frame above it is dropped and counted,
 never fragmented.  `remotes`, `learn_remotes` and `mtu` change in place; `vni`, `local`,
 `dstport` and `netns` restart the port (its sockets are bound to them).
@@ -54,9 +54,9 @@ class VxlanPort(Port):
             return most
         if cfg.mtu > most:
             raise StartupError(
-                f"port {self.name}: mtu {cfg.mtu} is more than the underlay can carry: the "
-                f"interface of {cfg.local} has MTU {self.underlay_mtu}, less {cfg.overhead} "
-                f"bytes of VXLAN headers leaves {most} (lower mtu, or raise the underlay's)"
+                f"port {self.name}: mtu {cfg.mtu} is more than the underlay can carry: its "
+                f"MTU is {self.underlay_mtu}, less {cfg.overhead} bytes of VXLAN headers "
+                f"leaves {most} (lower mtu, or raise the underlay's)"
             )
         return cfg.mtu
 
@@ -70,7 +70,7 @@ class VxlanPort(Port):
             )
         try:
             self.rx_fd, self.tx_fd, self.underlay_mtu = await asyncio.to_thread(
-                run_in_netns, cfg.netns, lambda: open_endpoint(cfg.local, cfg.dstport)
+                run_in_netns, cfg.netns, lambda: open_endpoint(cfg.local, cfg.dstport, cfg.remotes)
             )
         except PermissionError:
             raise StartupError(
@@ -132,15 +132,18 @@ class VxlanPort(Port):
 
     def _reconfigure(self, new: PortConfig, fields: list[str]) -> None:
         assert isinstance(new, VxlanConfig)
-        if "mtu" in fields:
-            # The underlay may have changed since start: look again.
-            self.underlay_mtu = run_in_netns(new.netns, lambda: underlay_mtu(new.local))
+        if "mtu" in fields or "remotes" in fields:
+            # The way to the remotes (or the underlay) may have changed: look again.
+            found = run_in_netns(new.netns, lambda: underlay_mtu(new.local, new.remotes))
+            old_underlay, self.underlay_mtu = self.underlay_mtu, found
             try:
                 mtu = self.inner_mtu(new)
             except StartupError as exc:
+                self.underlay_mtu = old_underlay
                 raise OSError(str(exc)) from None
-            self.dp.set_mtu(self.port, mtu)
-            self.mtu = mtu
+            if mtu != self.mtu:
+                self.dp.set_mtu(self.port, mtu)
+                self.mtu = mtu
         if "remotes" in fields or "learn_remotes" in fields:
             self._configure(new)
 
