@@ -166,8 +166,8 @@ class VxlanPort(Model):
     or kernel vxlan devices.  `remotes` is the flood list (broadcast, multicast and unknown
     unicast go to each); a learned MAC goes to the one remote it was seen behind.  The UDP
     sockets are opened in `netns` (the underlay's namespace; the switch's own without it),
-    bound to `local`.  The inner MTU is the underlay's (the routes to the remotes) minus 50 (IPv4) or 70
-    (IPv6) unless `mtu` asks for less."""
+    bound to `local`.  The inner MTU is the underlay's (the routes to the remotes) minus 50
+    (IPv4) or 70 (IPv6) unless `mtu` asks for less."""
 
     name: PortName = Field(examples=["vx1"])
     type: Literal["vxlan"] = Field(examples=["vxlan"])

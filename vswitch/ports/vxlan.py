@@ -6,10 +6,10 @@ hold `local`: it is the underlay's, set up by whoever set up the underlay) and h
 to the C fast path, which encapsulates and decapsulates in bursts.  To the switch it is a
 port like any other: MACs are learned on it (and behind which remote), frames flood to it.
 
-Its inner MTU is the underlay's (the routes to the remotes) minus the outer headers (50 bytes, 70 over
-IPv6), or the config's `mtu` if that is lower; a frame above it is dropped and counted,
-never fragmented.  `remotes`, `learn_remotes` and `mtu` change in place; `vni`, `local`,
-`dstport` and `netns` restart the port (its sockets are bound to them).
+Its inner MTU is the underlay's (the routes to the remotes) minus the outer headers (50
+bytes, 70 over IPv6), or the config's `mtu` if that is lower; a frame above it is dropped
+and counted, never fragmented.  `remotes`, `learn_remotes` and `mtu` change in place;
+`vni`, `local`, `dstport` and `netns` restart the port (its sockets are bound to them).
 """
 
 from __future__ import annotations
