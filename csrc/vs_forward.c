@@ -196,7 +196,7 @@ static void mirror_burst(struct vs_switch *sw, uint32_t in, struct vs_pkt *pkts,
  * transfer), so the last source learned and the last destination looked up
  * are remembered for the burst.  Learning can only change the entry of the
  * address it learns, and it forgets the destination when it runs. */
-static void forward(struct vs_switch *sw, uint32_t in, struct vs_pkt *pkts, uint32_t n)
+void vs_forward(struct vs_switch *sw, uint32_t in, struct vs_pkt *pkts, uint32_t n)
 {
     struct vs_port *ip = &sw->ports[in];
     uint64_t last_src = ~0ULL, last_dst = ~0ULL;
@@ -266,10 +266,10 @@ static int serve_tap(struct vs_switch *sw, uint32_t port, uint32_t budget)
     struct vs_port *p = &sw->ports[port];
     uint32_t total = 0;
     while (total < budget) {
-        int n = vs_fd_dequeue(p, sw->pkts, VS_BURST);
+        int n = vs_tap_dequeue(p, sw->pkts, VS_BURST);
         if (n <= 0)
             return total > 0 ? (int)total : n;
-        forward(sw, port, sw->pkts, (uint32_t)n);
+        vs_forward(sw, port, sw->pkts, (uint32_t)n);
         total += (uint32_t)n;
     }
     return (int)total;
@@ -282,6 +282,8 @@ static int serve_tap(struct vs_switch *sw, uint32_t port, uint32_t budget)
 int vs_serve(struct vs_switch *sw, uint32_t port, uint32_t budget, bool arm)
 {
     struct vs_port *p = &sw->ports[port];
+    if (p->kind == VS_PORT_VXLAN)
+        return vs_vxlan_serve(sw, port, budget);
     if (vs_fd_port(p))
         return serve_tap(sw, port, budget);
     struct vs_vring *vq = &p->vq[VS_QUEUE_TX];
@@ -304,7 +306,7 @@ int vs_serve(struct vs_switch *sw, uint32_t port, uint32_t budget, bool arm)
             return total > 0 ? (int)total : n;
         }
         WRITE_ONCE(sw->flight, consumed);
-        forward(sw, port, sw->pkts, (uint32_t)n);
+        vs_forward(sw, port, sw->pkts, (uint32_t)n);
         if (vs_vring_complete(p, vq, consumed))
             signal_due(sw, port, VS_QUEUE_TX);
         WRITE_ONCE(sw->flight, 0);

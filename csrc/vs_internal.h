@@ -406,6 +406,8 @@ void vs_guard_leave(struct vs_guard *g);
 void vs_guard_fault(struct vs_guard *g);
 
 /* vs_forward.c: forwarding, a burst at a time. */
+/* Forwards n frames taken from port in (learn, look up, queue, deliver). */
+void vs_forward(struct vs_switch *sw, uint32_t in, struct vs_pkt *pkts, uint32_t n);
 /* Serves one port's TX ring (or tap fd) for up to budget frames. */
 int vs_serve(struct vs_switch *sw, uint32_t port, uint32_t budget, bool arm);
 /* vs_vring_complete and vs_vring_enqueue do not interrupt the guest: the
@@ -444,26 +446,19 @@ static inline void vs_delivered(struct vs_port *p, const struct vs_pkt *pkt)
 int vs_tap_dequeue(struct vs_port *p, struct vs_pkt *pkts, uint32_t max);
 uint32_t vs_tap_enqueue(struct vs_port *p, struct vs_pkt **pkts, uint32_t n);
 
-/* vs_vxlan.c: VXLAN ports, one UDP socket each (p->fd), read and written
- * in batches.  Like a TAP, a port whose frames go through a file
- * descriptor: vs_fd_port says which kinds, vs_fd_dequeue/enqueue pick the
- * kind's I/O. */
-int vs_vxlan_dequeue(struct vs_port *p, struct vs_pkt *pkts, uint32_t max);
+/* vs_vxlan.c: VXLAN ports, a UDP socket (p->fd) per endpoint, read and
+ * written in batches.  Like a TAP, a port whose frames go through a file
+ * descriptor: vs_fd_port says which kinds, vs_fd_enqueue picks the kind's
+ * output. */
+/* Serves the UDP socket of port (shared by the VXLAN ports of one endpoint,
+ * each datagram going to the port of its VNI) for up to budget datagrams. */
+int vs_vxlan_serve(struct vs_switch *sw, uint32_t port, uint32_t budget);
 uint32_t vs_vxlan_enqueue(struct vs_port *p, struct vs_pkt **pkts, uint32_t n);
 void vs_vxlan_free(struct vs_port *p);
-/* Decapsulates one datagram of len bytes that lies in pkt->buf, from the
- * remote at from (a struct sockaddr_in or _in6): true if pkt now holds its
- * inner frame, false if it was dropped (and counted). */
-bool vs_vxlan_decap(struct vs_port *p, struct vs_pkt *pkt, uint32_t len, const void *from);
 
 static inline bool vs_fd_port(const struct vs_port *p)
 {
     return p->kind == VS_PORT_TAP || p->kind == VS_PORT_VXLAN;
-}
-
-static inline int vs_fd_dequeue(struct vs_port *p, struct vs_pkt *pkts, uint32_t max)
-{
-    return p->kind == VS_PORT_VXLAN ? vs_vxlan_dequeue(p, pkts, max) : vs_tap_dequeue(p, pkts, max);
 }
 
 static inline uint32_t vs_fd_enqueue(struct vs_port *p, struct vs_pkt **pkts, uint32_t n)

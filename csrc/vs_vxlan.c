@@ -10,7 +10,11 @@
  * 1 + index, as struct vs_pkt and the MAC table carry them; 0 is none.
  *
  * Two sockets, both opened and bound by the control plane in the
- * underlay's network namespace:
+ * underlay's network namespace, and shared by the VXLAN ports of one
+ * endpoint (local address and port: one per VNI, each with its own
+ * remotes): whichever of them is served reads the socket and gives each
+ * datagram to the port of its VNI, forwarding each port's frames as a burst
+ * of that port.
  *   - p->fd, a UDP socket bound to local:dstport, receives the datagrams
  *     (recvmmsg, a burst at a time);
  *   - vx->tx_fd, a raw IPPROTO_UDP socket bound to local, sends them
@@ -127,38 +131,56 @@ static inline uint32_t frame_limit(const struct vs_port *p, const uint8_t *eth)
     return p->mtu + VS_ETH_HDR + (tagged ? 4 : 0);
 }
 
-bool vs_vxlan_decap(struct vs_port *p, struct vs_pkt *pkt, uint32_t len, const void *from)
+/* The VNI of a datagram of len bytes in h, counted on the port that read it
+ * (p) if its header is bad: -1 then.  RFC 7348 5: flags 0x08 (I: the VNI is
+ * valid), reserved bits zero on transmission.  Linux drops a header with any
+ * other bit set unless it knows the extension (GBP, GPE): so do we. */
+static int32_t header_vni(struct vs_vxlan *vx, const uint8_t *h, uint32_t len)
 {
-    struct vs_vxlan *vx = p->vx;
-    const uint8_t *h = pkt->buf;
-    vx->st.rx_datagrams++;
     if (len < VX_HDR) {
         vx->st.rx_drop_vxlan_short++;
-        return false;
+        return -1;
     }
-    /* RFC 7348 5: flags 0x08 (I: the VNI is valid), reserved bits zero on
-     * transmission.  Linux drops a header with any other bit set unless it
-     * knows the extension (GBP, GPE): so do we. */
     if (h[0] != VX_FLAG_I || (h[1] | h[2] | h[3] | h[7]) != 0) {
         vx->st.rx_drop_vxlan_flags++;
-        return false;
+        return -1;
     }
-    uint32_t vni = (uint32_t)h[4] << 16 | (uint32_t)h[5] << 8 | h[6];
-    if (vni != vx->vni) {
-        vx->st.rx_drop_vxlan_vni++;
-        return false;
+    return (int32_t)((uint32_t)h[4] << 16 | (uint32_t)h[5] << 8 | h[6]);
+}
+
+/* The VXLAN port of VNI vni on the endpoint (UDP socket) port p reads, or
+ * NULL: p itself mostly, else another port with the same socket. */
+static struct vs_port *member(struct vs_switch *sw, struct vs_port *p, uint32_t vni)
+{
+    if (p->vx->vni == vni)
+        return p;
+    for (uint32_t k = 0; k < sw->nopen; k++) {
+        struct vs_port *q = &sw->ports[sw->open_ids[k]];
+        if (q->kind == VS_PORT_VXLAN && q->vx && q->fd == p->fd && q->vx->vni == vni &&
+            !q->broken)
+            return q;
     }
+    return NULL;
+}
+
+/* Decapsulates, for port q (the datagram's VNI is q's), a datagram of len
+ * bytes in pkt->buf from `from`: true if pkt now holds its inner frame,
+ * false if it was dropped (and counted on q). */
+static bool decap(struct vs_port *q, struct vs_pkt *pkt, uint32_t len, const union vx_addr *from)
+{
+    struct vs_vxlan *vx = q->vx;
+    vx->st.rx_datagrams++;
     uint16_t remote = remote_of(vx, from);
     if (remote == 0)
         return false;
     uint32_t flen = len - VX_HDR;
     if (flen < VS_ETH_HDR) {
-        p->st.rx_drop_runt++;
+        q->st.rx_drop_runt++;
         return false;
     }
-    const uint8_t *frame = h + VX_HDR;
-    if (flen > frame_limit(p, frame)) {
-        p->st.rx_drop_too_long++;
+    const uint8_t *frame = pkt->buf + VX_HDR;
+    if (flen > frame_limit(q, frame)) {
+        q->st.rx_drop_too_long++;
         return false;
     }
     memcpy(pkt->eth, frame, VS_ETH_HDR);
@@ -166,16 +188,16 @@ bool vs_vxlan_decap(struct vs_port *p, struct vs_pkt *pkt, uint32_t len, const v
     pkt->nseg = flen > VS_ETH_HDR;
     pkt->seg[0] = (struct vs_seg){frame + VS_ETH_HDR, flen - VS_ETH_HDR};
     pkt->rx_remote = remote;
-    p->st.rx_packets++;
-    p->st.rx_bytes += flen;
+    q->st.rx_packets++;
+    q->st.rx_bytes += flen;
     return true;
 }
 
-int vs_vxlan_dequeue(struct vs_port *p, struct vs_pkt *pkts, uint32_t max)
+/* Reads up to max datagrams into pkts; how many, 0 when none, -EIO if the
+ * socket is gone (the port is broken). */
+static int receive(struct vs_port *p, struct vs_pkt *pkts, uint32_t max)
 {
     struct vs_vxlan *vx = p->vx;
-    if (!vx || p->fd < 0 || max == 0)
-        return 0;
     if (max > VX_BATCH)
         max = VX_BATCH;
     for (uint32_t i = 0; i < max; i++) {
@@ -198,25 +220,91 @@ int vs_vxlan_dequeue(struct vs_port *p, struct vs_pkt *pkts, uint32_t max)
         }
         return 0;   /* EAGAIN, or an error the next read may not have */
     }
-    uint32_t got = 0;
-    for (uint32_t i = 0; i < (uint32_t)n; i++) {
-        if (vx->msgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
-            vx->st.rx_datagrams++;
-            vx->st.rx_drop_vxlan_trunc++;
-            continue;
+    return n;
+}
+
+int vs_vxlan_serve(struct vs_switch *sw, uint32_t port, uint32_t budget)
+{
+    struct vs_port *p = &sw->ports[port];
+    struct vs_vxlan *vx = p->vx;
+    struct vs_pkt *pkts = sw->pkts;
+    uint32_t total = 0;
+    if (!vx || p->fd < 0)
+        return p->broken ? -EIO : 0;
+    /* Datagrams count against the budget, dropped ones too: a flood of bad
+     * ones cannot keep us here. */
+    while (total < budget) {
+        int n = receive(p, pkts, VS_BURST);
+        if (n <= 0)
+            return total > 0 ? (int)total : n;
+        total += (uint32_t)n;
+        /* Each datagram's port (its VNI's), or none: dropped. */
+        struct vs_port *to[VS_BURST];
+        uint32_t taken = 0;
+        bool mixed = false;
+        for (uint32_t i = 0; i < (uint32_t)n; i++) {
+            to[i] = NULL;
+            if (vx->msgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
+                vx->st.rx_datagrams++;
+                vx->st.rx_drop_vxlan_trunc++;
+                continue;
+            }
+            uint32_t len = vx->msgs[i].msg_len;
+            int32_t vni = header_vni(vx, pkts[i].buf, len);
+            if (vni < 0) {
+                vx->st.rx_datagrams++;
+                continue;
+            }
+            struct vs_port *q = member(sw, p, (uint32_t)vni);
+            if (!q) {
+                vx->st.rx_datagrams++;
+                vx->st.rx_drop_vxlan_vni++;
+                continue;
+            }
+            if (!decap(q, &pkts[i], len, &vx->names[i]))
+                continue;
+            to[i] = q;
+            mixed |= q != p;
+            taken++;
         }
-        if (!vs_vxlan_decap(p, &pkts[i], vx->msgs[i].msg_len, &vx->names[i]))
+        if (taken == 0)
             continue;
-        if (got != i) {
-            /* Keep the frames in order at the front; the slots keep their
-             * buffers (a buffer goes with its frame). */
-            struct vs_pkt t = pkts[got];
-            pkts[got] = pkts[i];
-            pkts[i] = t;
+        /* Frames grouped by port, in order within each (a permutation of the
+         * slots, so every buffer keeps one owner), then forwarded a group at
+         * a time from its port. */
+        struct vs_pkt sorted[VS_BURST];
+        struct vs_port *group[VS_BURST];
+        uint32_t ng = 0, at = 0;
+        if (!mixed)
+            group[ng++] = p;
+        for (uint32_t i = 0; mixed && i < (uint32_t)n; i++) {
+            bool seen = to[i] == NULL;
+            for (uint32_t g = 0; g < ng && !seen; g++)
+                seen = group[g] == to[i];
+            if (!seen)
+                group[ng++] = to[i];
         }
-        got++;
+        uint32_t count[VS_BURST];
+        for (uint32_t g = 0; g < ng; g++) {
+            count[g] = 0;
+            for (uint32_t i = 0; i < (uint32_t)n; i++) {
+                if (to[i] == group[g]) {
+                    sorted[at++] = pkts[i];
+                    count[g]++;
+                }
+            }
+        }
+        for (uint32_t i = 0; i < (uint32_t)n; i++)
+            if (to[i] == NULL)
+                sorted[at++] = pkts[i];
+        memcpy(pkts, sorted, sizeof(sorted[0]) * (uint32_t)n);
+        at = 0;
+        for (uint32_t g = 0; g < ng; g++) {
+            vs_forward(sw, group[g]->id, pkts + at, count[g]);
+            at += count[g];
+        }
     }
-    return (int)got;
+    return (int)total;
 }
 
 /* A 32-bit mix (murmur3's finaliser) of a value into a running hash. */

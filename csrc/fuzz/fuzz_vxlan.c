@@ -7,21 +7,24 @@
  * (127.0.0.2) or from one that is not (127.0.0.3), so every check of the
  * decapsulation runs on bytes the fuzzer chose, and accepted frames are
  * learned, flooded and forwarded as the switch does: to a second VXLAN port
- * and to a TAP-kind port (one end of a socketpair), whose frames the script
- * can also inject so that they go out unicast to a learned remote.  With a
+ * on the same socket (VNI 7: datagrams of that VNI are its own, from its
+ * remote 127.0.0.4, or 127.0.0.2 when it learns remotes) and to a TAP-kind
+ * port (one end of a socketpair), whose frames the script can also inject
+ * so that they go out unicast to a learned remote.  With a
  * raw socket (root) the VXLAN ports really encapsulate and send; without
  * one their sends fail and are counted, the rest is the same.
  *
  * Besides ASan/UBSan, the harness checks what the sanitizers cannot see:
- * every datagram is accounted for exactly once (taken, or dropped for one
- * reason), no port breaks, and every MAC table entry names a remote the
+ * every datagram is accounted for exactly once, on one of the two VXLAN
+ * ports (taken, or dropped for one reason), no port breaks, and every MAC table entry names a remote the
  * port has (a reconfiguration renumbers them).
  *
  * Build and run: scripts/fuzz vxlan [SECONDS]; FUZZ_VXLAN_VERBOSE=1 scripts/fuzz
  * vxlan repro FILE prints what an input did.  Input layout (missing bytes
  * read as zero):
  *
- *   0   u8  bit 0 learn_remotes, bit 1 a second flood remote (127.0.0.5)
+ *   0   u8  bit 0 learn_remotes, bit 1 a second flood remote (127.0.0.5),
+ *           bit 2 learn_remotes on port 1 (VNI 7)
  *   1   u16 inner MTU (VS_MIN_MTU + value % 9000, capped at VS_MAX_MTU)
  *   3   u24 VNI
  *   6   u8  MAC limit of the port (0 = none)
@@ -47,7 +50,7 @@
 #include "fastpath.h"
 
 #define BIG 9000
-static int rx0 = -1, rx1 = -1, tx = -1, from2 = -1, from3 = -1, tap_sw = -1, tap_peer = -1;
+static int rx0 = -1, tx = -1, from2 = -1, from3 = -1, tap_sw = -1, tap_peer = -1;
 static uint16_t port0;
 static uint8_t bigbuf[BIG + 1024];
 
@@ -70,7 +73,6 @@ static void setup(void)
     if (rx0 >= 0)
         return;
     rx0 = udp_at("127.0.0.1", 0);
-    rx1 = udp_at("127.0.0.1", 0);
     from2 = udp_at("127.0.0.2", 0);
     from3 = udp_at("127.0.0.3", 0);
     struct sockaddr_in a;
@@ -120,13 +122,16 @@ static void addr4(uint8_t out[16], uint32_t host)
     memcpy(out, &be, 4);
 }
 
+/* Remotes: nremotes of 127.0.0.2, .5, .4 from the first'th. */
 static int configure(struct vs_switch *sw, uint32_t port, uint32_t vni, bool learn,
-                     uint32_t nremotes, int tx_fd, uint16_t dstport)
+                     uint32_t first, uint32_t nremotes, int tx_fd, uint16_t dstport)
 {
     static const uint32_t hosts[3] = {0x7f000002, 0x7f000005, 0x7f000004};
     uint8_t remotes[3][16], local[16];
-    for (uint32_t i = 0; i < 3; i++)
-        addr4(remotes[i], hosts[i]);
+    if (first + nremotes > 3)
+        nremotes = 3 - first;
+    for (uint32_t i = 0; i < nremotes; i++)
+        addr4(remotes[i], hosts[first + i]);
     addr4(local, 0x7f000001);
     struct vs_vxlan_config c = {.vni = vni, .learn_remotes = learn, .nremotes = nremotes,
                                 .tx_fd = tx_fd, .dstport = dstport, .remotes = &remotes[0][0]};
@@ -134,20 +139,26 @@ static int configure(struct vs_switch *sw, uint32_t port, uint32_t vni, bool lea
     return vs_vxlan_configure(sw, port, &c);
 }
 
-/* Every datagram is taken or dropped for exactly one reason. */
+/* Every datagram is taken or dropped for exactly one reason, by one of the
+ * two VXLAN ports. */
 static void check(struct vs_switch *sw)
 {
-    struct vs_vxlan_stats v;
-    struct vs_port_stats s;
-    vs_vxlan_get_stats(sw, 0, &v);
-    vs_port_get_stats(sw, 0, &s);
-    uint64_t dropped = v.rx_drop_vxlan_short + v.rx_drop_vxlan_flags + v.rx_drop_vxlan_vni +
-                       v.rx_drop_vxlan_remote + v.rx_drop_vxlan_remotes_full +
-                       v.rx_drop_vxlan_trunc + s.rx_drop_runt + s.rx_drop_too_long;
-    if (v.rx_datagrams != dropped + s.rx_packets) {
+    uint64_t datagrams = 0, dropped = 0, taken = 0;
+    for (uint32_t p = 0; p < 2; p++) {
+        struct vs_vxlan_stats v;
+        struct vs_port_stats s;
+        vs_vxlan_get_stats(sw, p, &v);
+        vs_port_get_stats(sw, p, &s);
+        datagrams += v.rx_datagrams;
+        dropped += v.rx_drop_vxlan_short + v.rx_drop_vxlan_flags + v.rx_drop_vxlan_vni +
+                   v.rx_drop_vxlan_remote + v.rx_drop_vxlan_remotes_full +
+                   v.rx_drop_vxlan_trunc + s.rx_drop_runt + s.rx_drop_too_long;
+        taken += s.rx_packets;
+    }
+    if (datagrams != dropped + taken) {
         fprintf(stderr, "datagrams %llu != dropped %llu + taken %llu\n",
-                (unsigned long long)v.rx_datagrams, (unsigned long long)dropped,
-                (unsigned long long)s.rx_packets);
+                (unsigned long long)datagrams, (unsigned long long)dropped,
+                (unsigned long long)taken);
         abort();
     }
     for (uint32_t p = 0; p < 3; p++) {
@@ -174,7 +185,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint8_t hdr[7] = {0};
     memcpy(hdr, data, size < 7 ? size : 7);
     drain(rx0);
-    drain(rx1);
     drain(tap_peer);
     drain(tap_sw);
     struct vs_switch *sw = vs_switch_new(32);
@@ -187,12 +197,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (vs_port_open(sw, 0, VS_PORT_VXLAN, mtu) < 0 || vs_port_open(sw, 1, VS_PORT_VXLAN, 1500) < 0 ||
         vs_port_open(sw, 2, VS_PORT_TAP, 9000) < 0)
         abort();
-    if (configure(sw, 0, vni, hdr[0] & 1, 1 + (hdr[0] >> 1 & 1), tx, port0) < 0 ||
-        configure(sw, 1, 7, false, 1, tx, 9) < 0)
+    if (configure(sw, 0, vni, hdr[0] & 1, 0, 1 + (hdr[0] >> 1 & 1), tx, port0) < 0 ||
+        configure(sw, 1, 7, hdr[0] >> 2 & 1, 2, 1, tx, 9) < 0)
         abort();
     vs_port_set_mac_limit(sw, 0, hdr[6]);
     vs_port_set_fd(sw, 0, rx0);
-    vs_port_set_fd(sw, 1, rx1);
+    vs_port_set_fd(sw, 1, rx0);   /* the same endpoint: VNI 7's datagrams are port 1's */
     vs_port_set_fd(sw, 2, tap_sw);
     size_t at = 7;
     while (at + 3 <= size) {
@@ -226,7 +236,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         case 5: {
             uint8_t b = len ? d[0] : 0;
-            if (configure(sw, 0, vni, b & 1, b >> 1 & 3, tx, port0) < 0)
+            if (configure(sw, 0, vni, b & 1, 0, b >> 1 & 3, tx, port0) < 0)
                 abort();
             break;
         }

@@ -227,3 +227,34 @@ def test_frames_over_the_mtu_are_dropped_not_sent(rig: Rig) -> None:
     assert [len(d) for d, _ in rig.got("127.0.0.2")] == [8 + 1414]
     st = rig.stats()
     assert (st["tx_drop_too_long"], st["tx_packets"]) == (1, 1)
+
+
+def test_two_vnis_share_one_socket(rig: Rig) -> None:
+    """A second VXLAN port on the same socket (another VNI, its own remotes): each datagram
+    goes to the port of its VNI; one no port has is counted on the port that read it."""
+    vx2 = rig.dp.open_port(1500, lib.VS_PORT_VXLAN)
+    rig.dp.vxlan_configure(vx2, vni=7, local="127.0.0.1", remotes=["127.0.0.4"],
+                           dstport=rig.port, learn_remotes=False, tx_fd=rig.fds[1])  # fmt: skip
+    rig.dp.set_fd(vx2, rig.fds[0])
+    rig.send_from("127.0.0.4", vxh(7) + frame(BCAST, M3), vxh(42) + frame(BCAST, M3),
+                  vxh(9) + frame(BCAST, M3))  # fmt: skip
+    rig.send_from("127.0.0.2", vxh(42) + frame(BCAST, M2), vxh(7) + frame(BCAST, M2))
+    one, two = rig.stats(), {**rig.dp.port_stats(vx2), **rig.dp.vxlan_stats(vx2)}
+    # VNI 7 from 127.0.0.4: vx2's; VNI 42 from it: vx1's, not a remote of vx1; VNI 9: no
+    # port; VNI 42 from 127.0.0.2: vx1's; VNI 7 from 127.0.0.2: not a remote of vx2.
+    assert (two["rx_packets"], two["rx_drop_vxlan_remote"]) == (1, 1), two
+    assert (one["rx_packets"], one["rx_drop_vxlan_remote"]) == (1, 1), one
+    assert one["rx_drop_vxlan_vni"] + two["rx_drop_vxlan_vni"] == 1
+    assert one["rx_datagrams"] + two["rx_datagrams"] == 5
+    e = rig.dp.fdb_get(int(M3, 16))
+    assert e is not None and (e.port, e.remote) == (vx2, 1)
+    # vx1's broadcast from M2 went to vx2's remote too (the switch bridges its ports).
+    time.sleep(0.05)
+    assert [d for d, _ in rig.got("127.0.0.4")] == [vxh(7) + frame(BCAST, M2)]
+    # The host's frames flood to both tunnels, each to its own remotes.
+    for a in ("127.0.0.2", "127.0.0.3"):
+        rig.got(a)
+    rig.from_host(frame(BCAST, H))
+    time.sleep(0.05)
+    got = {a: [d[:8] for d, _ in rig.got(a)] for a in ("127.0.0.2", "127.0.0.3", "127.0.0.4")}
+    assert got == {"127.0.0.2": [vxh(42)], "127.0.0.3": [vxh(42)], "127.0.0.4": [vxh(7)]}

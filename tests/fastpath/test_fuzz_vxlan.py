@@ -114,6 +114,13 @@ def fuzz_seeds() -> dict[str, bytes]:
     seeds["mac-limit"] = _head(mac_limit=1, flags=2) + b"".join(
         _op(0, _vx() + _frame(BCAST, f"5254004201{i:02x}")) for i in range(8)
     ) + _op(3, b"\x20")  # fmt: skip
+    # Port 1 (VNI 7) shares the socket, learning remotes (header bit 2): its datagrams,
+    # port 0's, and one of a VNI neither has, interleaved in one read.
+    seeds["two-vnis-one-socket"] = _head(flags=4) + b"".join([
+        _op(0, _vx(vni=7) + _frame(BCAST, M3)), _op(0, _vx() + _frame(BCAST, M2)),
+        _op(1, _vx(vni=9) + _frame(BCAST, M2)), _op(0, _vx(vni=7) + _frame(M2, M3)),
+        _op(3, b"\x20"), _op(2, _frame(M3, H)), _op(2, _frame(M2, H)), _op(3, b"\x20"),
+    ])  # fmt: skip
     for data in seeds.values():
         assert len(data) <= 4096, "scripts/fuzz runs with -max_len=4096"
     return seeds

@@ -45,6 +45,7 @@ from support.underlay import (
 from vswitch.config import ConfigError, parse_config
 from vswitch.config import VxlanPort as VxlanConfig
 from vswitch.netsys.netns import delete_netns, list_netns
+from vswitch.ports.vxlan import ENDPOINTS
 
 HOST_MAC = "52:54:00:42:00:01"
 FAMILIES = {
@@ -117,15 +118,17 @@ def test_vxlan_config_errors(port: dict[str, Any], expect: str) -> None:
     assert expect in str(e.value)
 
 
-def test_two_vxlan_ports_on_one_endpoint_are_refused() -> None:
+def test_one_vni_per_endpoint() -> None:
     with pytest.raises(ConfigError) as e:
-        cfg(vx(), vx(name="vx2", vni=43, remotes=["192.0.2.3"]))
-    assert "ports[1] (vx2).local: VXLAN endpoint 192.0.2.1:4789 is already used by ports[0] " \
-           "(vx1).local (give each vxlan port its own local address, dstport or netns)" \
-           in str(e.value)  # fmt: skip
-    # Another dstport, another namespace or another address is another endpoint.
-    cfg(vx(), vx(name="vx2", dstport=4790), vx(name="vx3", netns="u2"),
-        vx(name="vx4", local="192.0.2.9"))  # fmt: skip
+        cfg(vx(), vx(name="vx2", remotes=["192.0.2.3"]))
+    assert (
+        "ports[1] (vx2).vni: VNI 42 at 192.0.2.1:4789 is already used by ports[0] (vx1).vni "
+        "(give each vxlan port on one endpoint its own vni)" in str(e.value)
+    )
+    # Another VNI on the same endpoint shares its socket; another dstport, namespace or
+    # address is another endpoint.
+    cfg(vx(), vx(name="vx2", vni=43), vx(name="vx3", dstport=4790), vx(name="vx4", netns="u2"),
+        vx(name="vx5", local="192.0.2.9"))  # fmt: skip
 
 
 # --------------------------------------------------------------------------- helpers
@@ -351,25 +354,31 @@ async def test_startup_errors_name_the_problem(tmp_path: Path) -> None:
             assert f"port vx1: {expect}" in str(e.value)
 
 
-async def test_several_vxlan_ports_on_one_switch(tmp_path: Path) -> None:
-    """Two VXLAN ports (two endpoints of one underlay namespace, VNIs 42 and 43) to two
-    kernel peers, and a host: every pair reaches the other, tunnel to tunnel too."""
+@pytest.mark.parametrize(("shared", "datapath"), [(True, "thread"), (True, "loop"),
+                                                  (False, "thread")])  # fmt: skip
+async def test_several_vxlan_ports_on_one_switch(tmp_path: Path, shared: bool,
+                                                 datapath: str) -> None:  # fmt: skip
+    """Two VXLAN ports (VNIs 42 and 43) to two kernel peers, and a host: every pair reaches
+    the other, tunnel to tunnel too.  On one endpoint (192.0.2.1:4789: one socket, each
+    datagram to the port of its VNI) or on two (192.0.2.1 and 192.0.4.1)."""
     need_root()
     need_tool("ping")
     host = ns_name("h")
     with Underlay() as u:
         u.veth("sw", "u0", "192.0.2.1/24", "k1", "k0", "192.0.2.2/24")
         u.veth("sw", "u1", "192.0.4.1/24", "k2", "k0", "192.0.4.2/24")
+        second = "192.0.2.1" if shared else "192.0.4.1"
+        run("ip", "route", "add", "192.0.2.0/24", "via", "192.0.4.1", ns=u.ns("k2"))
         u.kernel_vxlan("k1", "k0", local="192.0.2.2", remote="192.0.2.1", inner="10.42.0.2/24")
-        u.kernel_vxlan("k2", "k0", local="192.0.4.2", remote="192.0.4.1", inner="10.42.0.3/24",
+        u.kernel_vxlan("k2", "k0", local="192.0.4.2", remote=second, inner="10.42.0.3/24",
                        vni=43)  # fmt: skip
         ports = [host_port(host)]
         for name, vni, local, remote in (("vx1", 42, "192.0.2.1", "192.0.2.2"),
-                                         ("vx2", 43, "192.0.4.1", "192.0.4.2")):  # fmt: skip
+                                         ("vx2", 43, second, "192.0.4.2")):  # fmt: skip
             ports.append({"name": name, "type": "vxlan", "vni": vni, "local": local,
                           "remotes": [remote], "netns": u.ns("sw")})  # fmt: skip
         try:
-            async with switch(tmp_path, ports) as sw:
+            async with switch(tmp_path, ports, datapath) as sw:
                 ok(await aping(host, "10.42.0.2"))
                 ok(await aping(host, "10.42.0.3"))
                 ok(await aping(u.ns("k1"), "10.42.0.3", size=1450 - 28))
@@ -377,6 +386,11 @@ async def test_several_vxlan_ports_on_one_switch(tmp_path: Path) -> None:
                     c = counters(sw, name)
                     assert c["rx_packets"] >= 6 and c["tx_packets"] >= 6, (name, c)
                     assert c["rx_drop_vxlan_vni"] == 0 and c["rx_drop_vxlan_remote"] == 0, c
+                assert (sw.ports["vx1"].rx_fd == sw.ports["vx2"].rx_fd) is shared
+                dp_id = id(sw.dp)
+                assert len([k for k in ENDPOINTS if k[0] == dp_id]) == (1 if shared else 2)
+            # The endpoint's sockets went with its last port.
+            assert not [k for k in ENDPOINTS if k[0] == dp_id]
         finally:
             delete_netns(host)
 

@@ -104,10 +104,10 @@ class Config(Model):
                      f"interface {port.where}", fix)
                 )  # fmt: skip
             if isinstance(port, VxlanPort):
-                fix = "give each vxlan port its own local address, dstport or netns"
+                fix = "give each vxlan port on one endpoint its own vni"
                 checks.append(
-                    (("ports", i, "local"), ("vxlan", port.netns, port.local, port.dstport),
-                     f"VXLAN endpoint {port.where}", fix)
+                    (("ports", i, "vni"), ("vxlan", port.netns, port.local, port.dstport,
+                     port.vni), f"VNI {port.vni} at {port.where}", fix)
                 )  # fmt: skip
             fix = "a MAC can be static on one port only"
             checks += [

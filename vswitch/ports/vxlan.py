@@ -3,8 +3,10 @@ in UDP (RFC 7348) to their vswitch, Open vSwitch or Linux kernel vxlan device.
 
 The port opens its two sockets (vswitch.netsys.vxlan) in its `netns` (which must exist and
 hold `local`: it is the underlay's, set up by whoever set up the underlay) and hands them
-to the C fast path, which encapsulates and decapsulates in bursts.  To the switch it is a
-port like any other: MACs are learned on it (and behind which remote), frames flood to it.
+to the C fast path, which encapsulates and decapsulates in bursts.  Ports on the same
+endpoint (netns, local, dstport), one per VNI, share the sockets (an Endpoint).  To the
+switch it is a port like any other: MACs are learned on it (and behind which remote),
+frames flood to it.
 
 Its inner MTU is the underlay's (the routes to the remotes) minus the outer headers (50
 bytes, 70 over IPv6), or the config's `mtu` if that is lower; a frame above it is dropped
@@ -18,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from vswitch.config import PortConfig
@@ -27,10 +30,42 @@ from vswitch.fastpath import PORT_VXLAN, Fastpath
 from vswitch.limits import MAX_MTU, QUEUE_TX
 from vswitch.mac import format_mac
 from vswitch.netsys.netns import netns_exists, run_in_netns
-from vswitch.netsys.vxlan import open_endpoint, underlay_mtu
+from vswitch.netsys.vxlan import open_vxlan_sockets, underlay_mtu
 from vswitch.ports.base import Port
 
 log = logging.getLogger("vswitch.vxlan")
+
+
+@dataclass
+class Endpoint:
+    """The sockets of one (netns, local, dstport), shared by the VXLAN ports on it (one per
+    VNI): the fast path gives each datagram to the port of its VNI, whichever port's turn
+    it is to read.  Closed when its last port stops."""
+
+    key: tuple[int, str | None, str, int]
+    rx_fd: int
+    tx_fd: int
+    ports: dict[str, VxlanPort] = field(default_factory=dict)
+    loop: asyncio.AbstractEventLoop | None = None  # event-loop mode: it watches rx_fd
+
+    def readable(self) -> None:
+        """Event-loop mode: datagrams are waiting; any port of the endpoint takes them all."""
+        for p in self.ports.values():
+            if p.port >= 0:
+                p.dp.kick(p.port, QUEUE_TX)
+                return
+
+    def close(self) -> None:
+        if self.loop is not None:
+            with contextlib.suppress(Exception):
+                self.loop.remove_reader(self.rx_fd)
+            self.loop = None
+        for fd in (self.rx_fd, self.tx_fd):
+            os.close(fd)
+
+
+# The endpoints in use, by (id of the fast path, netns, local, dstport).
+ENDPOINTS: dict[tuple[int, str | None, str, int], Endpoint] = {}
 
 
 class VxlanPort(Port):
@@ -40,12 +75,17 @@ class VxlanPort(Port):
 
     def __init__(self, cfg: VxlanConfig, dp: Fastpath) -> None:
         super().__init__(cfg, dp)
-        self.rx_fd = -1
-        self.tx_fd = -1
+        self.ep: Endpoint | None = None
         self.underlay_mtu = 0
         self.mtu = 0  # the inner MTU in force
-        self._reader = False
-        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def rx_fd(self) -> int:
+        return self.ep.rx_fd if self.ep is not None else -1
+
+    @property
+    def tx_fd(self) -> int:
+        return self.ep.tx_fd if self.ep is not None else -1
 
     def inner_mtu(self, cfg: VxlanConfig) -> int:
         """The MTU the port carries: the underlay's minus the outer headers, or less."""
@@ -62,15 +102,24 @@ class VxlanPort(Port):
 
     async def start(self) -> None:
         cfg = self.cfg
-        self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         if cfg.netns is not None and not netns_exists(cfg.netns):
             raise StartupError(
                 f"port {self.name}: network namespace {cfg.netns} does not exist (the underlay "
                 "is set up outside the switch: create it with the address local, or fix netns)"
             )
+        key = (id(self.dp), cfg.netns, cfg.local, cfg.dstport)
         try:
-            self.rx_fd, self.tx_fd, self.underlay_mtu = await asyncio.to_thread(
-                run_in_netns, cfg.netns, lambda: open_endpoint(cfg.local, cfg.dstport, cfg.remotes)
+            ep = ENDPOINTS.get(key)
+            if ep is None:
+                rx, tx = await asyncio.to_thread(
+                    run_in_netns, cfg.netns, lambda: open_vxlan_sockets(cfg.local, cfg.dstport)
+                )
+                ep = ENDPOINTS[key] = Endpoint(key, rx, tx)
+            ep.ports[self.name] = self
+            self.ep = ep
+            self.underlay_mtu = await asyncio.to_thread(
+                run_in_netns, cfg.netns, lambda: underlay_mtu(cfg.local, cfg.remotes)
             )
         except PermissionError:
             raise StartupError(
@@ -84,9 +133,9 @@ class VxlanPort(Port):
         self._open(PORT_VXLAN, mtu)
         self._configure(cfg)
         self.dp.set_fd(self.port, self.rx_fd)
-        if not self.dp.threaded:
-            self._loop.add_reader(self.rx_fd, self._readable)
-            self._reader = True
+        if not self.dp.threaded and ep.loop is None:
+            loop.add_reader(ep.rx_fd, ep.readable)
+            ep.loop = loop
         log.info(
             "port %s: vxlan vni %d at %s, %d remote(s)%s, mtu %d (underlay %d)",
             self.name,
@@ -110,20 +159,13 @@ class VxlanPort(Port):
         )
 
     async def stop(self) -> None:
-        if self._reader and self._loop is not None and self.rx_fd >= 0:
-            with contextlib.suppress(Exception):
-                self._loop.remove_reader(self.rx_fd)
-        self._reader = False
         self._close()  # the data path lets go of the sockets first
-        for fd in (self.rx_fd, self.tx_fd):
-            if fd >= 0:
-                os.close(fd)
-        self.rx_fd = self.tx_fd = -1
-
-    def _readable(self) -> None:
-        """Event-loop mode: datagrams are waiting; the fast path takes them."""
-        if self.port >= 0:
-            self.dp.kick(self.port, QUEUE_TX)
+        ep, self.ep = self.ep, None
+        if ep is not None and ep.ports.get(self.name) is self:
+            del ep.ports[self.name]
+            if not ep.ports:  # the last port of the endpoint: its sockets go
+                ep.close()
+                ENDPOINTS.pop(ep.key, None)
 
     def check(self) -> None:
         if self.port >= 0 and self.dp.is_broken(self.port) and self.rx_fd >= 0:
