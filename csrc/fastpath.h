@@ -67,6 +67,12 @@
 /* Port kinds. */
 #define VS_PORT_VHOST 1
 #define VS_PORT_TAP 2
+#define VS_PORT_VXLAN 3
+
+/* VXLAN ports (vs_vxlan.c): remotes a port may know, flood list and learned
+ * ones together, and the highest VNI (24 bits). */
+#define VS_VXLAN_MAX_REMOTES 256
+#define VS_VXLAN_MAX_VNI 16777215
 
 /* Capture directions (vs_capture_start) and vs_cap_hdr.dir values. */
 #define VS_CAP_RX 1
@@ -162,6 +168,7 @@ struct vs_fdb_entry {
     uint16_t vlan;
     uint16_t flags;
     uint32_t age;                   /* seconds since last seen */
+    uint16_t remote;                /* VXLAN ports: 1 + index in vs_vxlan_remotes, 0 = none */
 };
 
 /* One captured frame in the buffer vs_capture_read fills: this header,
@@ -183,6 +190,35 @@ struct vs_bpf_insn {
     uint32_t k;
 };
 
+/* A VXLAN port's settings (vs_vxlan_configure).  Addresses are 16 bytes:
+ * an IPv6 address, or with ipv6 == 0 an IPv4 address in the first 4 bytes
+ * (network order).  remotes points at nremotes of them: the flood list. */
+struct vs_vxlan_config {
+    uint32_t vni;
+    uint32_t ipv6;
+    uint32_t learn_remotes;     /* accept (and learn) remotes not in the flood list */
+    uint32_t nremotes;
+    int tx_fd;                  /* raw IPPROTO_UDP socket bound to local, borrowed */
+    uint16_t dstport;
+    uint8_t local[16];
+    const uint8_t *remotes;
+};
+
+/* What a VXLAN port dropped and sent beyond struct vs_port_stats (which
+ * counts its inner frames: rx_drop_runt, rx_drop_too_long, tx_drop_*). */
+struct vs_vxlan_stats {
+    uint64_t rx_datagrams;          /* UDP datagrams read from the socket */
+    uint64_t rx_drop_vxlan_short;   /* shorter than a VXLAN header */
+    uint64_t rx_drop_vxlan_flags;   /* flags other than I (0x08), or reserved bits set */
+    uint64_t rx_drop_vxlan_vni;     /* a VNI that is not the port's */
+    uint64_t rx_drop_vxlan_remote;  /* from a remote not in the flood list (learn_remotes off) */
+    uint64_t rx_drop_vxlan_remotes_full;  /* from a new remote, the port knows the most it can */
+    uint64_t rx_drop_vxlan_trunc;   /* larger than the receive buffer */
+    uint64_t tx_datagrams;          /* UDP datagrams sent (a flooded frame: one per remote) */
+    uint64_t tx_drop_vxlan_send;    /* datagrams the underlay refused (no route, ...) */
+    uint64_t remotes_learned;       /* remotes added by learn_remotes */
+};
+
 /* Switch. */
 struct vs_switch *vs_switch_new(uint32_t fdb_size);
 void vs_switch_free(struct vs_switch *sw);
@@ -198,7 +234,9 @@ int vs_port_set_mtu(struct vs_switch *sw, uint32_t port, uint32_t mtu);
  * VS_DEFAULT_MAC_LIMIT): a guest spraying source addresses cannot push
  * everyone else out of the table. */
 int vs_port_set_mac_limit(struct vs_switch *sw, uint32_t port, uint32_t limit);
-/* TAP ports: the non-blocking tap fd (IFF_TAP|IFF_NO_PI), borrowed; -1 = none. */
+/* TAP ports: the non-blocking tap fd (IFF_TAP|IFF_NO_PI), borrowed; -1 = none.
+ * VXLAN ports: the non-blocking UDP socket bound to local:dstport that
+ * receives the tunnel's datagrams. */
 int vs_port_set_fd(struct vs_switch *sw, uint32_t port, int fd);
 int vs_port_set_features(struct vs_switch *sw, uint32_t port, uint64_t features);
 /* Map a new memory table; the old one is unmapped only once the new one is
@@ -233,6 +271,16 @@ uint32_t vs_port_state(struct vs_switch *sw, uint32_t port);
 /* Why the port was marked broken; "" when it is not. */
 const char *vs_port_error(struct vs_switch *sw, uint32_t port);
 void vs_port_get_stats(struct vs_switch *sw, uint32_t port, struct vs_port_stats *out);
+
+/* VXLAN ports.  vs_vxlan_configure sets or replaces the port's settings
+ * (the rx socket is vs_port_set_fd's); a change of remotes forgets the
+ * remotes learned and the port's dynamic MAC addresses (they name remotes).
+ * -EINVAL for a bad setting, -ENODEV if port is no VXLAN port. */
+int vs_vxlan_configure(struct vs_switch *sw, uint32_t port, const struct vs_vxlan_config *c);
+void vs_vxlan_get_stats(struct vs_switch *sw, uint32_t port, struct vs_vxlan_stats *out);
+/* The port's remotes, flood list first, 16 bytes each into out (room for
+ * max); returns how many it has. */
+uint32_t vs_vxlan_remotes(struct vs_switch *sw, uint32_t port, uint8_t *out, uint32_t max);
 
 /* Virtqueues (vhost-user SET_VRING_*). */
 int vs_vring_set_num(struct vs_switch *sw, uint32_t port, uint32_t q, uint32_t num);

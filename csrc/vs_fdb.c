@@ -100,6 +100,20 @@ int64_t vs_fdb_lookup(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan)
     return s ? (int64_t)s->port : -1;
 }
 
+int64_t vs_fdb_lookup_at(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan, uint16_t *remote)
+{
+    struct fdb_slot *s = fdb_find(fdb, fdb_key(mac, vlan));
+    *remote = s ? s->remote : 0;
+    return s ? (int64_t)s->port : -1;
+}
+
+void vs_fdb_forget_remotes(struct vs_fdb *fdb, uint32_t port)
+{
+    for (uint32_t i = 0; i <= fdb->mask; i++)
+        if (fdb->slots[i].key != 0 && fdb->slots[i].port == port)
+            fdb->slots[i].remote = 0;
+}
+
 static bool at_limit(const struct vs_fdb *fdb, uint32_t port, uint32_t limit)
 {
     return limit != 0 && fdb->owned[port] >= limit;
@@ -107,6 +121,12 @@ static bool at_limit(const struct vs_fdb *fdb, uint32_t port, uint32_t limit)
 
 enum vs_learn vs_fdb_learn(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan, uint32_t port,
                            uint32_t limit, uint32_t now)
+{
+    return vs_fdb_learn_at(fdb, mac, vlan, port, 0, limit, now);
+}
+
+enum vs_learn vs_fdb_learn_at(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan, uint32_t port,
+                              uint16_t remote, uint32_t limit, uint32_t now)
 {
     uint64_t key = fdb_key(mac, vlan);
     struct fdb_slot *s = fdb_find(fdb, key);
@@ -122,6 +142,8 @@ enum vs_learn vs_fdb_learn(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan, uint
             fdb->owned[port]++;
             what = VS_LEARN_MOVED;
         }
+        if (s->remote != remote)
+            s->remote = remote;
         /* Only write when it changes: the entry's line stays clean in
          * every core's cache while a station keeps talking. */
         if (s->seen != now)
@@ -136,6 +158,7 @@ enum vs_learn vs_fdb_learn(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan, uint
     s->port = port;
     s->seen = now;
     s->flags = 0;
+    s->remote = remote;
     fdb->owned[port]++;
     return VS_LEARN_NEW;
 }
@@ -156,6 +179,7 @@ int vs_fdb_put(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan, uint32_t port, b
     s->port = port;
     s->seen = now;
     s->flags = is_static ? VS_FDB_STATIC : 0;
+    s->remote = 0;
     return 0;
 }
 
@@ -247,6 +271,7 @@ int vs_fdb_entry_of(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan, uint32_t no
     out->port = s->port;
     out->flags = s->flags;
     out->age = now - s->seen;
+    out->remote = s->remote;
     return 0;
 }
 
@@ -263,6 +288,7 @@ uint32_t vs_fdb_read(const struct vs_fdb *fdb, uint32_t now, struct vs_fdb_entry
         out[n].port = s->port;
         out[n].flags = s->flags;
         out[n].age = now - s->seen;
+        out[n].remote = s->remote;
         n++;
     }
     return n;

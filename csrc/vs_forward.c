@@ -24,7 +24,7 @@ static inline uint64_t mac_at(const uint8_t *b)
 /* Can the port take frames now? */
 static inline bool can_take(const struct vs_port *p)
 {
-    return p->kind == VS_PORT_TAP ? p->fd >= 0 && !p->broken : p->vq[VS_QUEUE_RX].ready;
+    return vs_fd_port(p) ? p->fd >= 0 && !p->broken : p->vq[VS_QUEUE_RX].ready;
 }
 
 /* The used index of ring q of port was published: decide on an interrupt
@@ -55,9 +55,10 @@ void vs_flush_signals(struct vs_switch *sw)
 }
 
 /* Learns a source address on port in and counts what became of it. */
-static inline void learn(struct vs_switch *sw, struct vs_port *ip, uint64_t src, uint16_t vlan)
+static inline void learn(struct vs_switch *sw, struct vs_port *ip, uint64_t src, uint16_t vlan,
+                         uint16_t remote)
 {
-    switch (vs_fdb_learn(&sw->fdb, src, vlan, ip->id, ip->mac_limit, sw->now)) {
+    switch (vs_fdb_learn_at(&sw->fdb, src, vlan, ip->id, remote, ip->mac_limit, sw->now)) {
     case VS_LEARN_NEW:
         ip->st.fdb_learned++;
         break;
@@ -151,14 +152,14 @@ static void mirror_deliver(struct vs_switch *sw, uint32_t o)
         d->pending[np++] = view;
     }
     d->npending = 0;
-    if (d->kind == VS_PORT_TAP) {
+    if (vs_fd_port(d)) {
         /* One write per frame anyway: each one's outcome is known. */
         for (uint32_t j = 0; j < np; j++) {
             if (d->broken) {
                 d->st.tx_drop_port_down += np - j;
                 break;
             }
-            if (vs_tap_enqueue(d, &d->pending[j], 1) > 0)
+            if (vs_fd_enqueue(d, &d->pending[j], 1) > 0)
                 got += copy_at >> j & 1;
         }
     } else {
@@ -199,18 +200,24 @@ static void mirror_burst(struct vs_switch *sw, uint32_t in, uint32_t taken)
  * transfer), so the last source learned and the last destination looked up
  * are remembered for the burst, with their VLAN.  Learning can only change
  * the entry of the address it learns, and it forgets the destination when
- * it runs.  The burst is sw->pkts: vs_vlan_view gives each port its view
- * of frame i. */
-static void forward(struct vs_switch *sw, uint32_t in, uint32_t n)
+ * it runs.  vs_vlan_view gives each port its view of frame i of pkts (the
+ * burst, recorded in sw->burst for it). */
+void vs_forward(struct vs_switch *sw, uint32_t in, struct vs_pkt *pkts, uint32_t n)
 {
     struct vs_port *ip = &sw->ports[in];
     uint64_t last_src = ~0ULL, last_dst = ~0ULL;
     int64_t last_out = -1;
     uint32_t taken = burst_bits(n);
     bool vlan_aware = ip->trunk || ip->vlan != 0;
+    sw->burst = pkts;
     sw->tagged_made = 0;
+    /* VXLAN: the remote behind the destination, and the sender's (a VXLAN
+     * ingress port's frames may come from several remotes in a burst). */
+    uint16_t last_remote = 0, last_src_remote = 0;
+    bool vx_in = ip->kind == VS_PORT_VXLAN;
     for (uint32_t i = 0; i < n; i++) {
-        struct vs_pkt *pkt = &sw->pkts[i];
+        struct vs_pkt *pkt = &pkts[i];
+        pkt->tx_remote = 0;
         if (vs_capturing(ip, VS_CAP_RX))
             vs_capture_frame(ip, VS_CAP_RX, pkt);
         if (__builtin_expect(vlan_aware, 0)) {
@@ -226,16 +233,18 @@ static void forward(struct vs_switch *sw, uint32_t in, uint32_t n)
         uint64_t dst = mac_at(pkt->eth), src = mac_at(pkt->eth + 6);
         /* The caches' keys: VLAN and address, as the MAC table's. */
         uint64_t vsrc = (uint64_t)vlan << 48 | src, vdst = (uint64_t)vlan << 48 | dst;
-        if (vsrc != last_src) {
+        uint16_t src_remote = vx_in ? pkt->rx_remote : 0;
+        if (vsrc != last_src || src_remote != last_src_remote) {
             /* Group and all-zero sources are never stations. */
             if (!(src & (1ULL << 40)) && src != 0)
-                learn(sw, ip, src, vlan);
+                learn(sw, ip, src, vlan, src_remote);
             last_src = vsrc;
+            last_src_remote = src_remote;
             last_dst = ~0ULL;
         }
         if (!(dst & (1ULL << 40))) {
             if (vdst != last_dst) {
-                last_out = vs_fdb_lookup(&sw->fdb, dst, vlan);
+                last_out = vs_fdb_lookup_at(&sw->fdb, dst, vlan, &last_remote);
                 last_dst = vdst;
             }
             int64_t out = last_out;
@@ -244,6 +253,8 @@ static void forward(struct vs_switch *sw, uint32_t in, uint32_t n)
                     continue;
                 /* An entry is only ever on a port that carries its VLAN
                  * (vs_port_set_vlans, vs_fdb_add). */
+                pkt->tx_remote = last_remote;
+                pkt->tx_port = (uint32_t)out;
                 struct vs_port *d = &sw->ports[out];
                 if (d->open && can_take(d))
                     queue_on(sw, (uint32_t)out, vs_vlan_view(sw, d, i));
@@ -266,8 +277,8 @@ static void forward(struct vs_switch *sw, uint32_t in, uint32_t n)
         mirror_burst(sw, in, taken);
     for (uint32_t k = 0; k < sw->ndirty; k++) {
         struct vs_port *d = &sw->ports[sw->dirty[k]];
-        if (d->kind == VS_PORT_TAP)
-            vs_tap_enqueue(d, d->pending, d->npending);
+        if (vs_fd_port(d))
+            vs_fd_enqueue(d, d->pending, d->npending);
         else if (vs_vring_enqueue(d, &d->vq[VS_QUEUE_RX], d->pending, d->npending) > 0)
             signal_due(sw, sw->dirty[k], VS_QUEUE_RX);
         d->npending = 0;
@@ -283,7 +294,7 @@ static int serve_tap(struct vs_switch *sw, uint32_t port, uint32_t budget)
         int n = vs_tap_dequeue(p, sw->pkts, VS_BURST);
         if (n <= 0)
             return total > 0 ? (int)total : n;
-        forward(sw, port, (uint32_t)n);
+        vs_forward(sw, port, sw->pkts, (uint32_t)n);
         total += (uint32_t)n;
     }
     return (int)total;
@@ -296,7 +307,9 @@ static int serve_tap(struct vs_switch *sw, uint32_t port, uint32_t budget)
 int vs_serve(struct vs_switch *sw, uint32_t port, uint32_t budget, bool arm)
 {
     struct vs_port *p = &sw->ports[port];
-    if (p->kind == VS_PORT_TAP)
+    if (p->kind == VS_PORT_VXLAN)
+        return vs_vxlan_serve(sw, port, budget);
+    if (vs_fd_port(p))
         return serve_tap(sw, port, budget);
     struct vs_vring *vq = &p->vq[VS_QUEUE_TX];
     uint32_t total = 0, spent = 0;
@@ -318,7 +331,7 @@ int vs_serve(struct vs_switch *sw, uint32_t port, uint32_t budget, bool arm)
             return total > 0 ? (int)total : n;
         }
         WRITE_ONCE(sw->flight, consumed);
-        forward(sw, port, (uint32_t)n);
+        vs_forward(sw, port, sw->pkts, (uint32_t)n);
         if (vs_vring_complete(p, vq, consumed))
             signal_due(sw, port, VS_QUEUE_TX);
         WRITE_ONCE(sw->flight, 0);
@@ -348,7 +361,7 @@ int vs_port_kick(struct vs_switch *sw, uint32_t port, uint32_t q)
     if (!vq)
         return -EINVAL;
     vs_tick(sw);
-    if (p->kind == VS_PORT_TAP)
+    if (vs_fd_port(p))
         return vs_serve_guarded(sw, (int32_t)port, KICK_BUDGET, true);
     /* The front end can read the count away first, or clear O_NONBLOCK:
      * never a blocking read (vs_peer.c). */
@@ -448,8 +461,8 @@ void vs_forward_recover(struct vs_switch *sw)
         d->npending = 0;    /* first: a fault below must not deliver twice */
         if (n == 0 || lost || !d->open || !can_take(d))
             continue;
-        if (d->kind == VS_PORT_TAP)
-            vs_tap_enqueue(d, d->pending, n);
+        if (vs_fd_port(d))
+            vs_fd_enqueue(d, d->pending, n);
         else if (vs_vring_enqueue(d, &d->vq[VS_QUEUE_RX], d->pending, n) > 0)
             signal_due(sw, sw->dirty[k], VS_QUEUE_RX);
     }

@@ -98,6 +98,12 @@ struct vs_pkt {
      * the frame puts in front (vs_vlan_tagged). */
     struct vs_seg seg[VS_PKT_SEGS + 1];
     uint8_t *buf;                   /* VS_PKT_SIZE bytes owned by this slot */
+    /* VXLAN ports (vs_vxlan.c): the remote a frame came from (1 + index,
+     * set by the VXLAN dequeue), and the one remote of port tx_port that
+     * forwarding found it is for (0: every remote, a flooded frame). */
+    uint16_t rx_remote;
+    uint16_t tx_remote;
+    uint32_t tx_port;
 };
 
 /* Guest memory: one mapping per region of the front end's table. */
@@ -167,7 +173,8 @@ struct vs_port {
     uint32_t kind;
     uint32_t mtu;
     uint32_t mac_limit;
-    int fd;                 /* TAP ports */
+    int fd;                 /* TAP ports; VXLAN ports: the UDP socket */
+    struct vs_vxlan *vx;    /* VXLAN ports (vs_vxlan.c) */
     struct vs_capture *cap;
     uint64_t features;
     uint32_t hdr_len;
@@ -214,6 +221,7 @@ struct fdb_slot {
     uint32_t port;
     uint32_t seen;
     uint16_t flags;
+    uint16_t remote;        /* VXLAN ports: 1 + the remote's index, 0 = none */
 };
 #define FDB_USED (1ULL << 63)
 
@@ -311,6 +319,7 @@ struct vs_switch {
     /* The burst's frames as a trunk gets them, with their tag (vs_vlan.c):
      * made when a first port needs one (bit i of tagged_made), for this
      * burst only; tag[i] holds the tag and the frame's own ethertype. */
+    struct vs_pkt *burst;   /* the frames vs_forward is forwarding: sw->pkts, or a part */
     uint32_t tagged_made;
     struct vs_pkt tagged[VS_BURST];
     uint8_t tag[VS_BURST][4];
@@ -422,6 +431,8 @@ void vs_guard_leave(struct vs_guard *g);
 void vs_guard_fault(struct vs_guard *g);
 
 /* vs_forward.c: forwarding, a burst at a time. */
+/* Forwards n frames taken from port in (learn, look up, queue, deliver). */
+void vs_forward(struct vs_switch *sw, uint32_t in, struct vs_pkt *pkts, uint32_t n);
 /* Serves one port's TX ring (or tap fd) for up to budget frames. */
 int vs_serve(struct vs_switch *sw, uint32_t port, uint32_t budget, bool arm);
 /* vs_vring_complete and vs_vring_enqueue do not interrupt the guest: the
@@ -485,12 +496,12 @@ bool vs_vlan_ingress(struct vs_switch *sw, struct vs_port *ip, struct vs_pkt *pk
 /* Frame i of the burst with its tag (made once per burst). */
 struct vs_pkt *vs_vlan_tagged(struct vs_switch *sw, uint32_t i);
 
-/* Frame i of the burst as port d gets it: sw->pkts[i] or its tagged view.
+/* Frame i of the burst as port d gets it: sw->burst[i] or its tagged view.
  * Inline: it runs for every frame queued on a port. */
 static inline struct vs_pkt *vs_vlan_view(struct vs_switch *sw, const struct vs_port *d,
                                           uint32_t i)
 {
-    struct vs_pkt *u = &sw->pkts[i];
+    struct vs_pkt *u = &sw->burst[i];
     if (__builtin_expect(!vs_leaves_tagged(d, u->vlan), 1))
         return u;
     return vs_vlan_tagged(sw, i);
@@ -500,12 +511,32 @@ static inline uint32_t vs_burst_index(const struct vs_switch *sw, const struct v
 {
     if (pkt >= sw->tagged && pkt < sw->tagged + VS_BURST)
         return (uint32_t)(pkt - sw->tagged);
-    return (uint32_t)(pkt - sw->pkts);
+    return (uint32_t)(pkt - sw->burst);
 }
 
 /* vs_tap.c */
 int vs_tap_dequeue(struct vs_port *p, struct vs_pkt *pkts, uint32_t max);
 uint32_t vs_tap_enqueue(struct vs_port *p, struct vs_pkt **pkts, uint32_t n);
+
+/* vs_vxlan.c: VXLAN ports, a UDP socket (p->fd) per endpoint, read and
+ * written in batches.  Like a TAP, a port whose frames go through a file
+ * descriptor: vs_fd_port says which kinds, vs_fd_enqueue picks the kind's
+ * output. */
+/* Serves the UDP socket of port (shared by the VXLAN ports of one endpoint,
+ * each datagram going to the port of its VNI) for up to budget datagrams. */
+int vs_vxlan_serve(struct vs_switch *sw, uint32_t port, uint32_t budget);
+uint32_t vs_vxlan_enqueue(struct vs_port *p, struct vs_pkt **pkts, uint32_t n);
+void vs_vxlan_free(struct vs_port *p);
+
+static inline bool vs_fd_port(const struct vs_port *p)
+{
+    return p->kind == VS_PORT_TAP || p->kind == VS_PORT_VXLAN;
+}
+
+static inline uint32_t vs_fd_enqueue(struct vs_port *p, struct vs_pkt **pkts, uint32_t n)
+{
+    return p->kind == VS_PORT_VXLAN ? vs_vxlan_enqueue(p, pkts, n) : vs_tap_enqueue(p, pkts, n);
+}
 
 /* vs_fdb.c: the MAC table on its own.  Times are the switch's coarse
  * seconds (sw->now); ports are below VS_MAX_PORTS, mac and vlan within
@@ -516,8 +547,17 @@ void vs_fdb_destroy(struct vs_fdb *fdb);
  * limit dynamic entries (0 = no limit). */
 enum vs_learn vs_fdb_learn(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan, uint32_t port,
                            uint32_t limit, uint32_t now);
+/* The same, behind one remote of a VXLAN port (1 + its index; 0 = none):
+ * a known address seen from another remote of the same port takes it. */
+enum vs_learn vs_fdb_learn_at(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan, uint32_t port,
+                              uint16_t remote, uint32_t limit, uint32_t now);
 /* Port index for (vlan, mac), or -1. */
 int64_t vs_fdb_lookup(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan);
+/* The same, and the entry's remote in *remote (0 when there is none). */
+int64_t vs_fdb_lookup_at(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan, uint16_t *remote);
+/* Forgets which remote of port each of its addresses is behind (the
+ * port's remotes changed): they flood to the port again until relearned. */
+void vs_fdb_forget_remotes(struct vs_fdb *fdb, uint32_t port);
 /* Adds or replaces an entry, ignoring the port's limit; -ENOSPC when full. */
 int vs_fdb_put(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan, uint32_t port, bool is_static,
                uint32_t now);

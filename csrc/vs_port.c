@@ -66,7 +66,7 @@ int vs_port_open(struct vs_switch *sw, uint32_t port, uint32_t kind, uint32_t mt
 {
     if (port >= VS_MAX_PORTS || sw->ports[port].open)
         return -EINVAL;
-    if ((kind != VS_PORT_VHOST && kind != VS_PORT_TAP) || mtu < VS_MIN_MTU || mtu > VS_MAX_MTU)
+    if ((kind != VS_PORT_VHOST && kind != VS_PORT_TAP && kind != VS_PORT_VXLAN) || mtu < VS_MIN_MTU || mtu > VS_MAX_MTU)
         return -EINVAL;
     struct vs_port *p = &sw->ports[port];
     memset(p, 0, sizeof(*p));
@@ -169,6 +169,7 @@ void vs_port_close(struct vs_switch *sw, uint32_t port)
     mirror_forget(sw, port);
     vs_fdb_remove_port(&sw->fdb, (int)port, true);
     vs_capture_stop(sw, port);
+    vs_vxlan_free(p);
     p->open = false;
     for (uint32_t i = 0; i < sw->nopen; i++) {
         if (sw->open_ids[i] == port) {
@@ -202,7 +203,7 @@ int vs_port_set_mac_limit(struct vs_switch *sw, uint32_t port, uint32_t limit)
 int vs_port_set_fd(struct vs_switch *sw, uint32_t port, int fd)
 {
     struct vs_port *p = vs_port_get(sw, port);
-    if (!p || p->kind != VS_PORT_TAP)
+    if (!p || !vs_fd_port(p))
         return -EINVAL;
     p->fd = fd;
     p->broken = false;
@@ -249,7 +250,7 @@ uint32_t vs_port_state(struct vs_switch *sw, uint32_t port)
     uint32_t s = VS_STATE_OPEN;
     if (p->broken)
         s |= VS_STATE_BROKEN;
-    bool up = p->kind == VS_PORT_TAP ? p->fd >= 0 && !p->broken
+    bool up = vs_fd_port(p) ? p->fd >= 0 && !p->broken
                                      : p->vq[VS_QUEUE_RX].ready && p->vq[VS_QUEUE_TX].ready;
     if (up)
         s |= VS_STATE_UP;

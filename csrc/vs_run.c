@@ -183,7 +183,7 @@ static int rebuild(struct vs_switch *sw)
     for (uint32_t k = 0; k < sw->nopen; k++) {
         uint32_t id = sw->open_ids[k];
         struct vs_port *p = &sw->ports[id];
-        if (p->kind == VS_PORT_TAP) {
+        if (vs_fd_port(p)) {
             if (p->fd >= 0 && !p->broken)
                 watch(r, p->fd, id << TAG_QUEUE_BITS | TAG_TAP);
             continue;

@@ -126,7 +126,7 @@ bool vs_vlan_ingress(struct vs_switch *sw, struct vs_port *ip, struct vs_pkt *pk
  * tag segment in front of its segments. */
 static struct vs_pkt *make_tagged(struct vs_switch *sw, uint32_t i)
 {
-    const struct vs_pkt *u = &sw->pkts[i];
+    const struct vs_pkt *u = &sw->burst[i];
     struct vs_pkt *t = &sw->tagged[i];
     uint8_t *tag = sw->tag[i];
     uint16_t tci = (uint16_t)(u->pcp_dei | u->vlan);
@@ -138,6 +138,9 @@ static struct vs_pkt *make_tagged(struct vs_switch *sw, uint32_t i)
     t->eth[13] = VS_ETH_8021Q & 0xff;
     t->vlan = u->vlan;
     t->pcp_dei = u->pcp_dei;
+    t->rx_remote = u->rx_remote;
+    t->tx_remote = u->tx_remote;
+    t->tx_port = u->tx_port;
     t->seg[0] = (struct vs_seg){tag, 4};
     memcpy(t->seg + 1, u->seg, u->nseg * sizeof(u->seg[0]));
     t->nseg = u->nseg + 1;

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import ipaddress
 import logging
 import os
 import threading
@@ -27,6 +28,7 @@ assert ffi.sizeof("struct vs_bpf_insn") == 8  # libpcap's struct bpf_insn
 
 PORT_VHOST: int = lib.VS_PORT_VHOST
 PORT_TAP: int = lib.VS_PORT_TAP
+PORT_VXLAN: int = lib.VS_PORT_VXLAN
 CAP_RX: int = lib.VS_CAP_RX
 CAP_TX: int = lib.VS_CAP_TX
 CAP_HDR = ffi.sizeof("struct vs_cap_hdr")
@@ -35,6 +37,7 @@ MIRROR_TX: int = lib.VS_MIRROR_TX
 
 PORT_STAT_FIELDS = [f for f, _ in ffi.typeof("struct vs_port_stats").fields]
 SWITCH_STAT_FIELDS = [f for f, _ in ffi.typeof("struct vs_switch_stats").fields]
+VXLAN_STAT_FIELDS = [f for f, _ in ffi.typeof("struct vs_vxlan_stats").fields]
 
 
 log = logging.getLogger("vswitch.fastpath")
@@ -82,6 +85,7 @@ class FdbEntry:
     port: int
     age: int
     static: bool
+    remote: int = 0  # VXLAN ports: 1 + the remote's index in vxlan_remotes(port), 0 = none
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -294,6 +298,34 @@ class Fastpath:
             for i in range(n)
         }
 
+    def vxlan_configure(
+        self, port: int, *, vni: int, local: str, remotes: Sequence[str], dstport: int,
+        learn_remotes: bool, tx_fd: int,
+    ) -> None:  # fmt: skip
+        """A VXLAN port's settings (its rx socket is set_fd's); a change of remotes forgets
+        the remotes and MAC addresses the port learned."""
+        c = ffi.new("struct vs_vxlan_config *")
+        buf = ffi.new("uint8_t[]", b"".join(_addr16(r) for r in remotes) or bytes(16))
+        c.vni, c.ipv6, c.learn_remotes = vni, int(":" in local), int(learn_remotes)
+        c.nremotes, c.tx_fd, c.dstport, c.remotes = len(remotes), tx_fd, dstport, buf
+        c.local = _addr16(local)
+        _check(lib.vs_vxlan_configure(self._sw, port, c), "configure vxlan port")
+
+    def vxlan_stats(self, port: int) -> dict[str, int]:
+        st = ffi.new("struct vs_vxlan_stats *")
+        lib.vs_vxlan_get_stats(self._sw, port, st)
+        return {f: getattr(st, f) for f in VXLAN_STAT_FIELDS}
+
+    @_parked
+    def vxlan_remotes(self, port: int, ipv6: bool) -> list[str]:
+        """The port's remotes, flood list first, then the learned ones."""
+        room = lib.VS_VXLAN_MAX_REMOTES
+        out = ffi.new("uint8_t[]", 16 * room)
+        n = min(lib.vs_vxlan_remotes(self._sw, port, out, room), room)
+        raw = bytes(ffi.buffer(out, 16 * n))
+        chunks = [raw[i * 16 : (i + 1) * 16] for i in range(n)]
+        return [str(ipaddress.ip_address(c if ipv6 else c[:4])) for c in chunks]
+
     def state(self, port: int) -> int:
         return lib.vs_port_state(self._sw, port)
 
@@ -449,8 +481,14 @@ class Fastpath:
 
 def _entry(e: Any) -> FdbEntry:
     return FdbEntry(
-        mac=e.mac, vlan=e.vlan, port=e.port, age=e.age, static=bool(e.flags & lib.VS_FDB_STATIC)
-    )
+        mac=e.mac, vlan=e.vlan, port=e.port, age=e.age, static=bool(e.flags & lib.VS_FDB_STATIC),
+        remote=e.remote,
+    )  # fmt: skip
+
+
+def _addr16(addr: str) -> bytes:
+    """An address as vs_vxlan_config has it: IPv6's 16 bytes, or IPv4's 4 then zeros."""
+    return ipaddress.ip_address(addr).packed.ljust(16, b"\0")
 
 
 def bpf_test(prog: bytes, frame: bytes, seg_len: int = 0) -> int:

@@ -280,13 +280,13 @@ BAD = {
         "known keys here: direction, from)",
     ),
     "unknown type": (
-        "ports:\n  - {name: t1, type: vxlan}\n",
-        "ports[0] (t1).type: unknown port type 'vxlan' (known types: vhost-user, tap)",
+        "ports:\n  - {name: t1, type: geneve}\n",
+        "ports[0] (t1).type: unknown port type 'geneve' (known types: vhost-user, tap, vxlan)",
     ),
     "missing type": (
         "ports:\n  - {name: t1, path: x.sock}\n",
         "ports[0] (t1).type: required key is missing "
-        "(add `type: vhost-user`; known types: vhost-user, tap)",
+        "(add `type: vhost-user`; known types: vhost-user, tap, vxlan)",
     ),
     "unknown owner": (
         PORTS + "    owner: no-such-user-here\n",

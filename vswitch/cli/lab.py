@@ -293,10 +293,11 @@ def format_status(st: dict[str, Any]) -> str:
     lines += ["", *table(["SWITCH", "STATE", "PORTS UP", "PID", "CONTROL"], rows)]
     if st.get("trunks"):
         rows = [
-            [f"{t['a']} - {t['b']}", t["state"], f"{t['bridge']} in {t['netns']}"]
+            [f"{t['a']} - {t['b']}", t["state"],
+             f"{t.get('bridge') or 'vxlan vni ' + str(t.get('vni'))} in {t['netns']}"]
             for t in st["trunks"]
-        ]
-        lines += ["", *table(["TRUNK", "STATE", "BRIDGE"], rows)]
+        ]  # fmt: skip
+        lines += ["", *table(["TRUNK", "STATE", "VIA"], rows)]
     return "\n".join(lines)
 
 

@@ -10,7 +10,7 @@ line per problem: `FILE: FIELD: problem (what to do)`.  docs/config.md documents
 
 from vswitch.config.loader import DuplicateKey, StrictLoader, load_config, parse_config
 from vswitch.config.model import Config, MetricsConfig, SwitchConfig, default_control_path
-from vswitch.config.ports import PORT_TYPES, Port, PortConfig, TapPort, VhostUserPort
+from vswitch.config.ports import PORT_TYPES, Port, PortConfig, TapPort, VhostUserPort, VxlanPort
 from vswitch.errors import ConfigError
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "SwitchConfig",
     "TapPort",
     "VhostUserPort",
+    "VxlanPort",
     "default_control_path",
     "load_config",
     "parse_config",

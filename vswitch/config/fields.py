@@ -216,6 +216,20 @@ def unique_addresses(addrs: tuple[str, ...]) -> tuple[str, ...]:
     return addrs
 
 
+def check_ip(v: Any) -> str:
+    """A unicast IPv4 or IPv6 host address, without a prefix, normalised."""
+    fix = "write an address, e.g. 192.0.2.1 or 2001:db8::1"
+    if not isinstance(v, str):
+        raise ValueError(f"expected an IP address, got {describe(v)} ({fix})")
+    try:
+        ip = ipaddress.ip_address(v.strip())
+    except ValueError:
+        raise ValueError(f"{v!r} is not an IPv4 or IPv6 address ({fix})") from None
+    if ip.is_multicast or ip.is_unspecified or str(ip) == "255.255.255.255":
+        raise ValueError(f"{v} is not a unicast address (give a host's address)")
+    return str(ip)
+
+
 LogLevel = BeforeValidator(log_level)
 FileMode = Annotated[int, BeforeValidator(file_mode)]
 SocketPath = Annotated[Path, BeforeValidator(socket_path)]
@@ -224,3 +238,4 @@ Mac = Annotated[int, BeforeValidator(static_mac)]
 MacLimit = Annotated[int, BeforeValidator(int_in(0, MAX_FDB_SIZE, "0 = no limit, e.g. 4096"))]
 Mtu = Annotated[int, BeforeValidator(int_in(MIN_MTU, MAX_MTU, "e.g. 1500"))]
 Address = Annotated[str, BeforeValidator(check_address)]
+IpAddress = Annotated[str, BeforeValidator(check_ip)]

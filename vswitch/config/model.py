@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BeforeValidator, Field, PrivateAttr, model_validator
 
 from vswitch.config.fields import FileMode, LogLevel, SocketPath, int_in, listen_addr
-from vswitch.config.ports import Model, Port, TapPort
+from vswitch.config.ports import Model, Port, TapPort, VxlanPort
 from vswitch.limits import MAX_FDB_SIZE, MAX_PORTS
 from vswitch.mac import format_mac
 
@@ -102,6 +102,12 @@ class Config(Model):
                 checks.append(
                     (("ports", i, "ifname"), ("tap", port.netns, port.ifname),
                      f"interface {port.where}", fix)
+                )  # fmt: skip
+            if isinstance(port, VxlanPort):
+                fix = "give each vxlan port on one endpoint its own vni"
+                checks.append(
+                    (("ports", i, "vni"), ("vxlan", port.netns, port.local, port.dstport,
+                     port.vni), f"VNI {port.vni} at {port.where}", fix)
                 )  # fmt: skip
             fix = "a MAC can be static on one port of a VLAN only"
             checks += [

@@ -8,11 +8,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from vswitch.config.fields import (
     Address,
     FileMode,
+    IpAddress,
     Mac,
     MacLimit,
     Mtu,
@@ -23,10 +33,11 @@ from vswitch.config.fields import (
     check_netns_name,
     id_lookup,
     iface_mac,
+    int_in,
     unique_addresses,
 )
 from vswitch.config.vlans import AccessVlan, NativeVlan, Trunks
-from vswitch.limits import DEFAULT_MAC_LIMIT
+from vswitch.limits import DEFAULT_MAC_LIMIT, MAX_MTU, MIN_MTU
 
 
 class Model(BaseModel):
@@ -177,7 +188,101 @@ class TapPort(VlanKeys):
         return f"{self.ifname} in netns {self.netns}" if self.netns else self.ifname
 
 
+def _remote_list(v: Any) -> Any:
+    if isinstance(v, str):
+        v = [v]  # `remotes: 192.0.2.2` for `remotes: [192.0.2.2]`
+    return v
+
+
+VXLAN_PORT = 4789  # the IANA port (RFC 7348 5)
+MAX_VNI = 2**24 - 1
+
+
+class VxlanPort(VlanKeys):
+    """A tunnel port (RFC 7348): the switch's frames carried in UDP to other hosts' switches
+    or kernel vxlan devices.  `remotes` is the flood list (broadcast, multicast and unknown
+    unicast go to each); a learned MAC goes to the one remote it was seen behind.  The UDP
+    sockets are opened in `netns` (the underlay's namespace; the switch's own without it),
+    bound to `local`.  The inner MTU is the underlay's (the routes to the remotes) minus 50
+    (IPv4) or 70 (IPv6) unless `mtu` asks for less."""
+
+    name: PortName = Field(examples=["vx1"])
+    type: Literal["vxlan"] = Field(examples=["vxlan"])
+    vni: Annotated[int, BeforeValidator(int_in(0, MAX_VNI, "a 24-bit VXLAN network id, e.g. 42"))]
+    local: IpAddress = Field(examples=["192.0.2.1"])
+    remotes: Annotated[tuple[IpAddress, ...], BeforeValidator(_remote_list)] = Field(
+        default=(), examples=["[192.0.2.2, 192.0.2.3]"]
+    )
+    dstport: Annotated[int, BeforeValidator(int_in(1, 65535, "the UDP port, e.g. 4789"))] = (
+        VXLAN_PORT
+    )
+    netns: Annotated[str | None, BeforeValidator(check_netns_name)] = Field(
+        default=None, examples=["underlay"]
+    )
+    learn_remotes: Annotated[bool, BeforeValidator(check_bool)] = False
+    mtu: Annotated[int | None, BeforeValidator(lambda v: v if v is None else _mtu(v))] = None
+    mac_limit: MacLimit = DEFAULT_MAC_LIMIT
+    static_macs: tuple[Mac, ...] = ()
+    mirror: MirrorConfig | None = None
+
+    @field_validator("remotes")
+    @classmethod
+    def _remotes(cls, v: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        local = info.data.get("local")
+        for i, r in enumerate(v):
+            if r in v[:i]:
+                raise ValueError(f"{r} is listed twice (name each remote once)")
+            if r == local:
+                raise ValueError(f"{r} is the local address (remotes are the other hosts)")
+            if local is not None and (":" in r) != (":" in local):
+                fam = "IPv6" if ":" in local else "IPv4"
+                raise ValueError(
+                    f"{r} is not {fam} like local {local} (one underlay family per port)"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _some_remote(self) -> VxlanPort:
+        if not self.remotes and not self.learn_remotes:
+            raise ValueError(
+                "remotes: no remotes, and learn_remotes is off: the port could reach no one "
+                "(list the other hosts' underlay addresses, e.g. `remotes: [192.0.2.2]`)"
+            )
+        return self
+
+    @property
+    def socket_paths(self) -> tuple[Path, ...]:
+        return ()
+
+    @property
+    def listens(self) -> bool:
+        return False
+
+    @property
+    def ipv6(self) -> bool:
+        return ":" in self.local
+
+    @property
+    def overhead(self) -> int:
+        """Outer headers: IP, UDP, VXLAN and the inner Ethernet header (RFC 7348 4)."""
+        return 70 if self.ipv6 else 50
+
+    @property
+    def where(self) -> str:
+        """'192.0.2.1:4789 in netns underlay', for messages."""
+        host = f"[{self.local}]" if self.ipv6 else self.local
+        return f"{host}:{self.dstport}" + (f" in netns {self.netns}" if self.netns else "")
+
+
+def _mtu(v: Any) -> int:
+    return int_in(MIN_MTU, MAX_MTU, "the inner MTU, at most the underlay's minus 50 (70 IPv6)")(v)
+
+
 # Every port model, by its `type` tag.
-PORT_TYPES: dict[str, type[Model]] = {"vhost-user": VhostUserPort, "tap": TapPort}
-PortConfig = VhostUserPort | TapPort
+PORT_TYPES: dict[str, type[Model]] = {
+    "vhost-user": VhostUserPort,
+    "tap": TapPort,
+    "vxlan": VxlanPort,
+}
+PortConfig = VhostUserPort | TapPort | VxlanPort
 Port = Annotated[PortConfig, Field(discriminator="type")]

@@ -146,6 +146,7 @@ def commands(sw: SwitchState) -> dict[str, Command]:
                 "port": sw.port_name(e.port),
                 "age": e.age,
                 "type": "static" if e.static else "dynamic",
+                **({"remote": sw.port_remote(e.port, e.remote)} if e.remote else {}),
             }
             for e in entries
             if want is None or e.port == want

@@ -84,6 +84,25 @@ PORT_COUNTERS: dict[str, tuple[str, dict[str, str], str]] = {
         {},
         "Mirror copies the port had no room for (also counted in its tx drops)",
     ),
+    # VXLAN ports (struct vs_vxlan_stats)
+    "rx_datagrams": ("vswitch_port_vxlan_rx_datagrams", {}, "VXLAN datagrams read"),
+    "tx_datagrams": (
+        "vswitch_port_vxlan_tx_datagrams",
+        {},
+        "VXLAN datagrams sent (a flooded frame: one per remote)",
+    ),
+    "rx_drop_vxlan_short": ("vswitch_port_rx_drops", {"reason": "vxlan_short"}, _RX_DROP),
+    "rx_drop_vxlan_flags": ("vswitch_port_rx_drops", {"reason": "vxlan_flags"}, _RX_DROP),
+    "rx_drop_vxlan_vni": ("vswitch_port_rx_drops", {"reason": "vxlan_vni"}, _RX_DROP),
+    "rx_drop_vxlan_remote": ("vswitch_port_rx_drops", {"reason": "vxlan_remote"}, _RX_DROP),
+    "rx_drop_vxlan_remotes_full": (
+        "vswitch_port_rx_drops",
+        {"reason": "vxlan_remotes_full"},
+        _RX_DROP,
+    ),
+    "rx_drop_vxlan_trunc": ("vswitch_port_rx_drops", {"reason": "vxlan_truncated"}, _RX_DROP),
+    "tx_drop_vxlan_send": ("vswitch_port_tx_drops", {"reason": "vxlan_send"}, _TX_DROP),
+    "remotes_learned": ("vswitch_port_vxlan_remotes_learned", {}, "Remotes learned"),
 }
 PORT_GAUGES = {"fdb_count": ("vswitch_port_fdb_entries", "Dynamic MAC addresses on the port")}
 # struct vs_switch_stats field -> (family, kind, help)

@@ -22,7 +22,7 @@ from vswitch.daemon.reload import apply, diff
 from vswitch.errors import ConfigError, ControlError, StartupError
 from vswitch.fastpath import MIRROR_RX, MIRROR_TX, Fastpath
 from vswitch.netsys.fds import raise_fd_limit
-from vswitch.ports import Port, new_port
+from vswitch.ports import Port, VxlanPort, new_port
 from vswitch.text import plural
 
 log = logging.getLogger("vswitch")
@@ -185,6 +185,13 @@ class Switch:
             if p.port == port_id:
                 return p.name
         return f"#{port_id}"
+
+    def port_remote(self, port_id: int, remote: int) -> str | None:
+        """The underlay address of remote `remote` (1 + index) of a VXLAN port."""
+        for p in self.ports.values():
+            if p.port == port_id and isinstance(p, VxlanPort):
+                return p.remote_address(remote)
+        return None
 
     # Metrics
 

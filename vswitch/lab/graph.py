@@ -90,7 +90,7 @@ def build(spec: LabSpec) -> Any:
         g.edge(
             f"switch {t.a}",
             f"switch {t.b}",
-            label=f"trunk ({t.bridge})",
+            label=f"trunk ({t.bridge})" if t.via == "tap" else f"vxlan trunk (vni {t.vni})",
             taillabel=t.port_a,
             headlabel=t.port_b,
             penwidth="3",

@@ -251,7 +251,7 @@ class Lab:
             self._say(f"host {h.name}: namespace {ns}")
         if self.spec.trunks:
             ns = self.spec.trunk_netns
-            bridges = [(t.bridge, t.mtu) for t in self.spec.trunks]
+            bridges = [(t.bridge, t.mtu) for t in self.spec.trunks if t.via == "tap"]
             await asyncio.to_thread(create_netns, ns)
             await asyncio.to_thread(run_in_netns, ns, lambda: _trunk_setup(bridges))
 
@@ -272,7 +272,8 @@ class Lab:
             return
         await asyncio.to_thread(run_in_netns, self.spec.trunk_netns, lambda: _trunk_join(self.spec))
         for t in self.spec.trunks:
-            self._say(f"trunk {t.a} - {t.b} joined ({t.bridge} in {self.spec.trunk_netns})")
+            how = t.bridge if t.via == "tap" else f"vxlan vni {t.vni}"
+            self._say(f"trunk {t.a} - {t.b} joined ({how} in {self.spec.trunk_netns})")
 
     async def _setup_hosts(self) -> None:
         for h in self.spec.hosts:
@@ -473,6 +474,8 @@ def _trunk_setup(bridges: list[tuple[str, int]]) -> None:
 def _trunk_join(spec: LabSpec) -> None:
     """In the trunk namespace, once the switches made their taps: join each pair."""
     for t in spec.trunks:
+        if t.via != "tap":
+            continue  # a VXLAN trunk's ports find each other
         missing = join_bridge(t.bridge, t.taps)
         if missing is not None:
             raise LabError(

@@ -20,6 +20,7 @@ loader.py reads the file and renders the problems.  docs/lab.md documents it.
       - [vm1:eth0, sw1]            # node interface <-> switch
       - [h1, sw1]                  # `h1` alone means h1:eth0
       - [sw1, sw2]                 # switch <-> switch: a trunk
+      - {endpoints: [sw2, sw3], via: vxlan}   # a trunk that is a VXLAN tunnel
 """
 
 from __future__ import annotations
@@ -146,6 +147,8 @@ def _link(v: Any) -> Any:
 class LinkSpec(_M):
     endpoints: tuple[str, str] = Field(examples=["[vm1:eth0, sw1]"])
     mtu: Mtu | None = None  # trunks: default 1500; node links take the interface's mtu
+    # trunks: a kernel bridge between TAP ports (tap), or a VXLAN tunnel (vxlan)
+    via: Literal["tap", "vxlan"] = "tap"
 
     @field_validator("endpoints", mode="before")
     @classmethod

@@ -99,7 +99,9 @@ def trunks_status(spec: LabSpec, port_state: PortStates) -> list[dict[str, Any]]
         {
             "a": t.a,
             "b": t.b,
-            "bridge": t.bridge,
+            "via": t.via,
+            "bridge": t.bridge if t.via == "tap" else None,
+            **({"vni": t.vni} if t.via == "vxlan" else {}),
             "netns": spec.trunk_netns,
             "state": "up"
             if port_state.get((t.a, t.port_a)) == port_state.get((t.b, t.port_b)) == "up"

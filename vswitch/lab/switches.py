@@ -70,17 +70,24 @@ def switch_config(spec: LabSpec, run_dir: Path, sw: str) -> dict[str, Any]:
                     }
                 )
     for t in spec.trunks:
-        for side, port, tap in ((t.a, t.port_a, t.taps[0]), (t.b, t.port_b, t.taps[1])):
-            if side == sw:
-                ports.append(
-                    {
-                        "name": port,
-                        "type": "tap",
-                        "ifname": tap,
-                        "netns": spec.trunk_netns,
-                        "mtu": t.mtu,
-                    }
-                )
+        ends = ((t.a, t.port_a, t.taps[0], *t.vteps), (t.b, t.port_b, t.taps[1], *t.vteps[::-1]))
+        for side, port, tap, local, remote in ends:
+            if side != sw:
+                continue
+            if t.via == "vxlan":
+                # Both ends in the trunk namespace, over its loopback.
+                ports.append({"name": port, "type": "vxlan", "vni": t.vni, "local": local,
+                              "remotes": [remote], "netns": spec.trunk_netns, "mtu": t.mtu})
+                continue  # fmt: skip
+            ports.append(
+                {
+                    "name": port,
+                    "type": "tap",
+                    "ifname": tap,
+                    "netns": spec.trunk_netns,
+                    "mtu": t.mtu,
+                }
+            )
     return {
         "control": str(control_path(run_dir, sw)),
         "switch": {

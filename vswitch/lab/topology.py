@@ -62,6 +62,7 @@ class Trunk:
     port_a: str = ""  # port names on a and b
     port_b: str = ""
     link: int = 0  # index in the file's links
+    via: str = "tap"  # tap: TAP ports joined by a bridge; vxlan: VXLAN ports
 
     @property
     def taps(self) -> tuple[str, str]:
@@ -70,6 +71,15 @@ class Trunk:
     @property
     def bridge(self) -> str:
         return f"br{self.index}"
+
+    @property
+    def vni(self) -> int:
+        return self.index
+
+    @property
+    def vteps(self) -> tuple[str, str]:
+        """A VXLAN trunk's underlay addresses, on the trunk namespace's loopback (127/8)."""
+        return f"127.42.{self.index}.1", f"127.42.{self.index}.2"
 
 
 @dataclass
@@ -221,7 +231,11 @@ def _add_link(f: LabFile, i: int, links: _Links, p: Found) -> None:
         if a == b:
             p.add(loc, f"a link from {a} to itself is a loop (remove it)")
             return
-        links.trunks.append(Trunk(len(links.trunks) + 1, a, b, link.mtu or 1500, link=i))
+        n = len(links.trunks) + 1
+        links.trunks.append(Trunk(n, a, b, link.mtu or 1500, link=i, via=link.via))
+        return
+    if link.via != "tap":
+        p.add((*loc, "via"), "via: vxlan is for a link between two switches (remove it here)")
         return
     (_, nname, iname), (_, sname, _) = sorted(ends, key=lambda x: x[0] != "node")
     key = (nname, iname)

@@ -7,9 +7,10 @@ from vswitch.fastpath import Fastpath
 from vswitch.ports.base import Port
 from vswitch.ports.tap import TapPort
 from vswitch.ports.vhost_user import VhostPort
+from vswitch.ports.vxlan import VxlanPort
 
 # The Port class of each config `type:`: a new kind of port adds itself here.
-KINDS: dict[str, type[Port]] = {"vhost-user": VhostPort, "tap": TapPort}
+KINDS: dict[str, type[Port]] = {"vhost-user": VhostPort, "tap": TapPort, "vxlan": VxlanPort}
 
 
 def new_port(cfg: PortConfig, dp: Fastpath) -> Port:
@@ -17,4 +18,4 @@ def new_port(cfg: PortConfig, dp: Fastpath) -> Port:
     return KINDS[cfg.type](cfg, dp)
 
 
-__all__ = ["KINDS", "Port", "TapPort", "VhostPort", "new_port"]
+__all__ = ["KINDS", "Port", "TapPort", "VhostPort", "VxlanPort", "new_port"]

@@ -107,9 +107,10 @@ class Port(ABC):
 
     # For the kinds
 
-    def _open(self, kind: int) -> None:
-        """Open the fast-path port with the config's MTU, MAC limit, VLANs and static MACs."""
-        self.port = self.dp.open_port(self.cfg.mtu, kind)
+    def _open(self, kind: int, mtu: int | None = None) -> None:
+        """Open the fast-path port with the config's MTU (or `mtu`), MAC limit, VLANs and
+        static MACs."""
+        self.port = self.dp.open_port(mtu if mtu is not None else self.cfg.mtu, kind)
         self.dp.set_mac_limit(self.port, self.cfg.mac_limit)
         self._set_vlans(self.cfg)
         for mac in self.cfg.static_macs:
