@@ -102,8 +102,8 @@ def test_vxlan_config_defaults_and_values() -> None:
         (
             vx(group="239.1.1.1"),
             "ports[0] (vx1).group: unknown key (known keys here: dstport, "
-            "learn_remotes, local, mac_limit, mirror, mtu, name, netns, "
-            "remotes, static_macs, type, vni)",
+            "learn_remotes, local, mac_limit, mirror, mtu, name, native_vlan, netns, "
+            "remotes, static_macs, trunks, type, vlan, vni)",
         ),
         (
             {"name": "vx1", "type": "vxlan", "local": "192.0.2.1", "remotes": ["192.0.2.2"]},
