@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import sys
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -467,6 +468,12 @@ async def test_two_switches_joined_by_vxlan(tmp_path: Path) -> None:
                     other = "52:54:00:43:00:02" if sp is a else "52:54:00:43:00:01"
                     remote = "192.0.2.2" if sp is a else "192.0.2.1"
                     assert (fdb[other]["port"], fdb[other]["remote"]) == ("vx1", remote), fdb
+                    out = await asyncio.to_thread(
+                        run, sys.executable, "-m", "vswitch", "fdb", "--control", str(sp.control)
+                    )
+                    assert "REMOTE" in out.stdout.splitlines()[0], out.stdout + out.stderr
+                    assert any(other in ln and ln.split()[-1] == remote
+                               for ln in out.stdout.splitlines()), out.stdout  # fmt: skip
                 # The counters in the metrics too, drops by reason.
                 text = await asyncio.to_thread(_scrape, metrics)
                 assert 'vswitch_port_vxlan_tx_datagrams_total{port="vx1"}' in text, text
