@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import struct
 import sys
 import urllib.request
 from collections.abc import AsyncIterator
@@ -214,6 +215,84 @@ async def test_kernel_vxlan_peer_both_ways(tmp_path: Path, family: str, datapath
         finally:
             delete_netns(host)
         check_capture(cap, family, local, peer, mtu)
+
+
+def _csum(b: bytes) -> int:
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def _arp_request(mac: str, ip_: str, target: str) -> bytes:
+    m = bytes.fromhex(mac.replace(":", ""))
+    body = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + m + socket.inet_aton(ip_)
+    body += bytes(6) + socket.inet_aton(target)
+    return b"\xff" * 6 + m + b"\x08\x06" + body + bytes(18)
+
+
+def _echo(dst_mac: str, src_mac: str, src: str, dst: str, size: int) -> bytes:
+    icmp = struct.pack("!BBHHH", 8, 0, 0, 0x4242, 1) + bytes(range(256)) * (size // 256 + 1)
+    icmp = icmp[: 8 + size]
+    icmp = icmp[:2] + struct.pack("!H", _csum(icmp)) + icmp[4:]
+    iph = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 1, 0x4000, 64, 1, 0,
+                      socket.inet_aton(src), socket.inet_aton(dst))  # fmt: skip
+    iph = iph[:10] + struct.pack("!H", _csum(iph)) + iph[12:]
+    eth = bytes.fromhex(dst_mac.replace(":", "")) + bytes.fromhex(src_mac.replace(":", ""))
+    return eth + b"\x08\x00" + iph + icmp
+
+
+async def test_vhost_guest_to_kernel_vxlan(tmp_path: Path) -> None:
+    """A vhost-user guest (the test's software front end) on the switch: its frames, taken
+    from its rings in guest memory, go out encapsulated to the kernel peer, whose answers
+    come back into its RX ring: ARP, then an echo of the largest inner packet."""
+    from support.peers import SoftGuest
+
+    need_root()
+    gmac = "52:54:00:42:00:77"
+    with Underlay() as u:
+        u.veth("sw", "u0", "192.0.2.1/24", "k", "k0", "192.0.2.2/24")
+        kmac = u.kernel_vxlan("k", "k0", local="192.0.2.2", remote="192.0.2.1",
+                              inner="10.42.0.2/24")  # fmt: skip
+        ports = [{"name": "vm", "type": "vhost-user", "path": str(tmp_path / "vm.sock"),
+                  "mtu": 1450},
+                 {"name": "vx1", "type": "vxlan", "vni": 42, "local": "192.0.2.1",
+                  "remotes": ["192.0.2.2"], "netns": u.ns("sw")}]  # fmt: skip
+        async with switch(tmp_path, ports) as sw:
+            g = SoftGuest(str(tmp_path / "vm.sock"), gmac)
+            try:
+                await g.attach()
+                await g.send([_arp_request(gmac, "10.42.0.1", "10.42.0.2")])
+
+                def replies() -> list[bytes]:
+                    g.received()
+                    return [f for f in g.got if f[12:14] == b"\x08\x06" and f[21] == 2]
+
+                deadline = asyncio.get_running_loop().time() + 10
+                while not replies():
+                    assert asyncio.get_running_loop().time() < deadline, g.got
+                    await asyncio.sleep(0.05)
+                (arp,) = replies()
+                assert arp[6:12] == bytes.fromhex(kmac.replace(":", ""))
+                size = 1450 - 28
+                await g.send([_echo(kmac, gmac, "10.42.0.1", "10.42.0.2", size)])
+
+                def echo_replies() -> list[bytes]:
+                    g.received()
+                    return [f for f in g.got if f[12:14] == b"\x08\x00" and f[34] == 0]
+
+                while not echo_replies():
+                    assert asyncio.get_running_loop().time() < deadline + 10, g.got
+                    await asyncio.sleep(0.05)
+                (echo,) = echo_replies()
+                assert len(echo) == 14 + 1450 and echo[42:] == _echo(
+                    kmac, gmac, "10.42.0.1", "10.42.0.2", size)[42:]  # fmt: skip
+                c = counters(sw, "vx1")
+                assert c["tx_datagrams"] >= 2 and c["rx_packets"] >= 2, c
+            finally:
+                g.close()
 
 
 def check_capture(cap: Capture, family: str, local: str, peer: str, mtu: int) -> None:
