@@ -11,7 +11,11 @@
   oversized inner frames, datagrams larger than a buffer, unknown remotes) dropped and
   counted per reason, never forwarded; learn_remotes by reload, in place, after which a
   unicast frame goes to the one remote its MAC was learned behind; a new vni restarts it;
-- two `vswitch run` processes, each with a host, joined by VXLAN.
+- a vhost-user guest (the test's software front end) talking to the kernel peer;
+- several VXLAN ports on one switch, on one endpoint (one socket, a port per VNI) or two;
+- the underlay MTU taken from the routes to the remotes;
+- two `vswitch run` processes, each with a host, joined by VXLAN: fdb remotes in JSON and
+  in the table, the counters in the metrics.
 
 Every test here needs root (CI runs them as root) and leaves no namespace behind.
 """
