@@ -107,13 +107,6 @@ int64_t vs_fdb_lookup_at(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan, uint16
     return s ? (int64_t)s->port : -1;
 }
 
-void vs_fdb_forget_remotes(struct vs_fdb *fdb, uint32_t port)
-{
-    for (uint32_t i = 0; i <= fdb->mask; i++)
-        if (fdb->slots[i].key != 0 && fdb->slots[i].port == port)
-            fdb->slots[i].remote = 0;
-}
-
 static bool at_limit(const struct vs_fdb *fdb, uint32_t port, uint32_t limit)
 {
     return limit != 0 && fdb->owned[port] >= limit;

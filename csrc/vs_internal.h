@@ -555,9 +555,6 @@ enum vs_learn vs_fdb_learn_at(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan, u
 int64_t vs_fdb_lookup(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan);
 /* The same, and the entry's remote in *remote (0 when there is none). */
 int64_t vs_fdb_lookup_at(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan, uint16_t *remote);
-/* Forgets which remote of port each of its addresses is behind (the
- * port's remotes changed): they flood to the port again until relearned. */
-void vs_fdb_forget_remotes(struct vs_fdb *fdb, uint32_t port);
 /* Adds or replaces an entry, ignoring the port's limit; -ENOSPC when full. */
 int vs_fdb_put(struct vs_fdb *fdb, uint64_t mac, uint16_t vlan, uint32_t port, bool is_static,
                uint32_t now);

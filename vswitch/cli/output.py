@@ -160,6 +160,10 @@ def format_fdb(entries: list[dict[str, Any]]) -> str:
         ]
         for e in ordered
     ]
+    if any("remote" in e for e in ordered):  # VXLAN ports: the host each MAC is behind
+        header.append("REMOTE")
+        for row, e in zip(rows, ordered, strict=True):
+            row.append(str(e.get("remote") or "-"))
     return "\n".join(table(header, rows, right={1, 4}))
 
 

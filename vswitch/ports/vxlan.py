@@ -167,11 +167,6 @@ class VxlanPort(Port):
                 ep.close()
                 ENDPOINTS.pop(ep.key, None)
 
-    def check(self) -> None:
-        if self.port >= 0 and self.dp.is_broken(self.port) and self.rx_fd >= 0:
-            log.warning("port %s: %s; re-armed", self.name, self.dp.error(self.port))
-            self.dp.set_fd(self.port, self.rx_fd)
-
     def _reconfigure(self, new: PortConfig, fields: list[str]) -> None:
         assert isinstance(new, VxlanConfig)
         if "mtu" in fields or "remotes" in fields:
