@@ -24,7 +24,8 @@
  * that are a plain integer #define, so keep every one of them so: no
  * expression, no comment on the line. */
 #define VS_MAX_PORTS 256
-#define VS_MAX_QUEUES 2
+/* Rings of a port: up to 8 queue pairs (multiqueue). */
+#define VS_MAX_QUEUES 16
 #define VS_MAX_MEM_REGIONS 8
 #define VS_MAX_RING_SIZE 32768
 /* VLAN IDs, 0..4095 (1..4094 usable; vs_vlan_stats's out holds up to this many). */
@@ -89,6 +90,13 @@
 
 /* vs_fdb_entry.flags */
 #define VS_FDB_STATIC 1
+
+/* One ring's own counters (vs_vring_get_stats): frames and bytes it carried,
+ * taken from a TX ring or given to an RX ring. */
+struct vs_queue_stats {
+    uint64_t packets;
+    uint64_t bytes;
+};
 
 /* Virtio feature bits the fast path looks at (virtio 1.2 5.1.3, 6). */
 #define VS_F_MRG_RXBUF 15
@@ -297,6 +305,9 @@ int vs_vring_set_call(struct vs_switch *sw, uint32_t port, uint32_t q, int fd);
 int vs_vring_enable(struct vs_switch *sw, uint32_t port, uint32_t q, int enabled);
 /* 1 when the ring is started, enabled and its addresses translate. */
 int vs_vring_ready(struct vs_switch *sw, uint32_t port, uint32_t q);
+/* The ring's counters (multiqueue: which queues carried what); -EINVAL. */
+int vs_vring_get_stats(struct vs_switch *sw, uint32_t port, uint32_t q,
+                       struct vs_queue_stats *out);
 
 /* Data path.  vs_port_kick consumes the kick eventfd of one queue and
  * serves it; vs_poll serves every port without looking at eventfds.  Both

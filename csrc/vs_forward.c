@@ -24,7 +24,7 @@ static inline uint64_t mac_at(const uint8_t *b)
 /* Can the port take frames now? */
 static inline bool can_take(const struct vs_port *p)
 {
-    return vs_fd_port(p) ? p->fd >= 0 && !p->broken : p->vq[VS_QUEUE_RX].ready;
+    return vs_fd_port(p) ? p->fd >= 0 && !p->broken : p->nrxq > 0;
 }
 
 /* The used index of ring q of port was published: decide on an interrupt
@@ -164,10 +164,13 @@ static void mirror_deliver(struct vs_switch *sw, uint32_t o)
         }
     } else {
         /* A vring enqueue delivers its queue up to the first frame that
-         * finds no room (vs_vring_rx.c), once none is too long. */
-        uint32_t sent = vs_vring_enqueue(d, &d->vq[VS_QUEUE_RX], d->pending, np);
+         * finds no room (vs_vring_rx.c), once none is too long.  A mirror
+         * port's frames all go to its first RX queue, so that what it got
+         * is that prefix (and an analyser sees them in the switch's order). */
+        uint32_t q = d->nrxq > 0 ? d->rxq[0] : VS_QUEUE_RX;
+        uint32_t sent = vs_vring_enqueue(d, &d->vq[q], d->pending, np);
         if (sent > 0)
-            signal_due(sw, o, VS_QUEUE_RX);
+            signal_due(sw, o, q);
         got = (uint32_t)__builtin_popcount(copy_at & burst_bits(sent));
     }
     d->st.tx_mirror += got;
@@ -194,6 +197,36 @@ static void mirror_burst(struct vs_switch *sw, uint32_t in, uint32_t taken)
      * memory leaves the rest to vs_forward_recover. */
     while (sw->nmir > 0)
         mirror_deliver(sw, sw->mir_due[--sw->nmir]);
+}
+
+/* Gives port o the frames queued on it.  With one RX queue ready they all
+ * go there; with more, each goes to the queue its flow hashes to, so one
+ * flow stays in order on one queue, and each queue gets one enqueue (one
+ * used-index update) for its share of the burst. */
+static void deliver(struct vs_switch *sw, uint32_t o, struct vs_pkt **pkts, uint32_t n)
+{
+    struct vs_port *d = &sw->ports[o];
+    if (vs_fd_port(d)) {
+        vs_fd_enqueue(d, pkts, n);
+        return;
+    }
+    if (__builtin_expect(d->nrxq <= 1, 1)) {
+        uint32_t q = d->nrxq == 1 ? d->rxq[0] : VS_QUEUE_RX;
+        if (vs_vring_enqueue(d, &d->vq[q], pkts, n) > 0)
+            signal_due(sw, o, q);
+        return;
+    }
+    struct vs_pkt *by[VS_MAX_QUEUES / VS_QUEUES_PER_PAIR][VS_BURST];
+    uint32_t count[VS_MAX_QUEUES / VS_QUEUES_PER_PAIR] = {0};
+    for (uint32_t i = 0; i < n && i < VS_BURST; i++) {
+        uint32_t k = vs_flow_hash(pkts[i]) % d->nrxq;
+        by[k][count[k]++] = pkts[i];
+    }
+    for (uint32_t k = 0; k < d->nrxq; k++) {
+        uint32_t q = d->rxq[k];
+        if (count[k] > 0 && vs_vring_enqueue(d, &d->vq[q], by[k], count[k]) > 0)
+            signal_due(sw, o, q);
+    }
 }
 
 /* Frames of one burst mostly share their addresses (a flow, a bulk
@@ -277,10 +310,7 @@ void vs_forward(struct vs_switch *sw, uint32_t in, struct vs_pkt *pkts, uint32_t
         mirror_burst(sw, in, taken);
     for (uint32_t k = 0; k < sw->ndirty; k++) {
         struct vs_port *d = &sw->ports[sw->dirty[k]];
-        if (vs_fd_port(d))
-            vs_fd_enqueue(d, d->pending, d->npending);
-        else if (vs_vring_enqueue(d, &d->vq[VS_QUEUE_RX], d->pending, d->npending) > 0)
-            signal_due(sw, sw->dirty[k], VS_QUEUE_RX);
+        deliver(sw, sw->dirty[k], d->pending, d->npending);
         d->npending = 0;
     }
     sw->ndirty = 0;
@@ -300,21 +330,15 @@ static int serve_tap(struct vs_switch *sw, uint32_t port, uint32_t budget)
     return (int)total;
 }
 
-/* Serves a port's TX ring until it is empty or the budget is spent.  With
- * arm, an empty ring is left asking the guest for kicks (event mode); the
- * poll loop arms rings only before it sleeps, so a busy guest never kicks.
- * The caller keeps sw->now fresh (vs_tick). */
-int vs_serve(struct vs_switch *sw, uint32_t port, uint32_t budget, bool arm)
+/* Serves TX ring q of a port until it is empty or the budget is spent.
+ * With arm, an empty ring is left asking the guest for kicks (event mode);
+ * the poll loop arms rings only before it sleeps, so a busy guest never
+ * kicks. */
+static int serve_txq(struct vs_switch *sw, uint32_t port, uint32_t q, uint32_t budget, bool arm)
 {
     struct vs_port *p = &sw->ports[port];
-    if (p->kind == VS_PORT_VXLAN)
-        return vs_vxlan_serve(sw, port, budget);
-    if (vs_fd_port(p))
-        return serve_tap(sw, port, budget);
-    struct vs_vring *vq = &p->vq[VS_QUEUE_TX];
+    struct vs_vring *vq = &p->vq[q];
     uint32_t total = 0, spent = 0;
-    if (!vq->ready && !vq->drain)
-        return p->broken ? -EIO : 0;
     vs_vring_enable_kicks(p, vq, false);
     /* Every chain consumed, dropped or not, and every pass spends budget,
      * and a chain spends one unit per VS_BUDGET_DESCS descriptors read: a
@@ -327,13 +351,17 @@ int vs_serve(struct vs_switch *sw, uint32_t port, uint32_t budget, bool arm)
                                  left < UINT32_MAX ? (uint32_t)left : UINT32_MAX, &consumed, &descs);
         if (n < 0) {
             if (vs_vring_complete(p, vq, consumed))
-                signal_due(sw, port, VS_QUEUE_TX);
+                signal_due(sw, port, q);
             return total > 0 ? (int)total : n;
         }
+        for (int i = 0; i < n; i++)
+            vq->bytes += sw->pkts[i].len;
+        vq->packets += (uint32_t)n;
+        WRITE_ONCE(sw->flight_q, q);
         WRITE_ONCE(sw->flight, consumed);
         vs_forward(sw, port, sw->pkts, (uint32_t)n);
         if (vs_vring_complete(p, vq, consumed))
-            signal_due(sw, port, VS_QUEUE_TX);
+            signal_due(sw, port, q);
         WRITE_ONCE(sw->flight, 0);
         total += (uint32_t)n;
         uint32_t units = (descs + VS_BUDGET_DESCS - 1) / VS_BUDGET_DESCS;
@@ -352,6 +380,38 @@ int vs_serve(struct vs_switch *sw, uint32_t port, uint32_t budget, bool arm)
     }
     /* Budget spent with kicks off: the caller comes back (see vs_port_kick). */
     return (int)(total > 0 ? total : 1);
+}
+
+/* Serves a port: a TAP or VXLAN port's descriptor, or every TX ring of a
+ * vhost-user port that is ready or draining, the budget shared between
+ * them so that a port's queue count does not buy it more of the loop.  The
+ * caller keeps sw->now fresh (vs_tick). */
+int vs_serve(struct vs_switch *sw, uint32_t port, uint32_t budget, bool arm)
+{
+    struct vs_port *p = &sw->ports[port];
+    if (p->kind == VS_PORT_VXLAN)
+        return vs_vxlan_serve(sw, port, budget);
+    if (vs_fd_port(p))
+        return serve_tap(sw, port, budget);
+    uint32_t rings[VS_MAX_QUEUES / VS_QUEUES_PER_PAIR], nrings = 0;
+    for (uint32_t q = VS_QUEUE_TX; q < VS_MAX_QUEUES; q += VS_QUEUES_PER_PAIR) {
+        if (p->vq[q].ready || p->vq[q].drain)
+            rings[nrings++] = q;
+    }
+    if (nrings == 0)
+        return p->broken ? -EIO : 0;
+    uint32_t share = budget / nrings > 0 ? budget / nrings : 1;
+    int total = 0;
+    for (uint32_t k = 0; k < nrings; k++) {
+        /* A ring an earlier one's frames broke the port of is not served. */
+        if (!p->vq[rings[k]].ready && !p->vq[rings[k]].drain)
+            break;
+        int n = serve_txq(sw, port, rings[k], share, arm);
+        if (n < 0)
+            return total > 0 ? total : n;
+        total += n;
+    }
+    return total;
 }
 
 int vs_port_kick(struct vs_switch *sw, uint32_t port, uint32_t q)
@@ -461,15 +521,13 @@ void vs_forward_recover(struct vs_switch *sw)
         d->npending = 0;    /* first: a fault below must not deliver twice */
         if (n == 0 || lost || !d->open || !can_take(d))
             continue;
-        if (vs_fd_port(d))
-            vs_fd_enqueue(d, d->pending, n);
-        else if (vs_vring_enqueue(d, &d->vq[VS_QUEUE_RX], d->pending, n) > 0)
-            signal_due(sw, sw->dirty[k], VS_QUEUE_RX);
+        deliver(sw, sw->dirty[k], d->pending, n);
     }
     sw->ndirty = 0;
     uint32_t consumed = READ_ONCE(sw->flight);
     WRITE_ONCE(sw->flight, 0);
-    if (ip && ip->kind == VS_PORT_VHOST && !ip->broken && consumed > 0 &&
-        vs_vring_complete(ip, &ip->vq[VS_QUEUE_TX], consumed))
-        signal_due(sw, (uint32_t)in, VS_QUEUE_TX);
+    uint32_t q = READ_ONCE(sw->flight_q);
+    if (ip && ip->kind == VS_PORT_VHOST && !ip->broken && consumed > 0 && q < VS_MAX_QUEUES &&
+        vs_vring_complete(ip, &ip->vq[q], consumed))
+        signal_due(sw, (uint32_t)in, q);
 }

@@ -123,6 +123,8 @@ struct vs_mem {
 
 struct vs_vring {
     uint32_t num;
+    uint64_t packets;       /* frames the ring carried (vs_queue_stats) */
+    uint64_t bytes;
     bool addr_set;
     uint64_t desc_ua, avail_ua, used_ua;
     struct vring_desc *desc;        /* NULL until translated */
@@ -193,6 +195,10 @@ struct vs_port {
     uint16_t native;
     uint64_t trunk_set[(VS_VLAN_MAX + 1) / 64];
     struct vs_vring vq[VS_MAX_QUEUES];
+    /* Multiqueue: the RX rings ready now, in pair order (vs_port_count_queues);
+     * a frame goes to rxq[flow hash % nrxq]. */
+    uint32_t nrxq;
+    uint8_t rxq[VS_MAX_QUEUES / VS_QUEUES_PER_PAIR];
     struct vs_port_stats st;
     /* Mirrors (vs_port_set_mirror): the ports that get a copy of the frames
      * the switch takes from this one (mir[0]) and of those it forwards to it
@@ -316,6 +322,7 @@ struct vs_switch {
      * and not given back yet: a fault in another port's memory while they
      * are forwarded gives them back (vs_forward_recover). */
     uint32_t flight;
+    uint32_t flight_q;      /* the TX ring those chains came from */
     /* The burst's frames as a trunk gets them, with their tag (vs_vlan.c):
      * made when a first port needs one (bit i of tagged_made), for this
      * burst only; tag[i] holds the tag and the frame's own ethertype. */
@@ -513,6 +520,13 @@ static inline uint32_t vs_burst_index(const struct vs_switch *sw, const struct v
         return (uint32_t)(pkt - sw->tagged);
     return (uint32_t)(pkt - sw->burst);
 }
+
+/* vs_flow.c: a hash of a frame's flow (addresses, and the IPv4/IPv6 5-tuple
+ * where there is one), so that one flow always picks the same RX queue. */
+uint32_t vs_flow_hash(const struct vs_pkt *pkt);
+
+/* vs_port.c: recomputes p->rxq after a ring changed. */
+void vs_port_count_queues(struct vs_port *p);
 
 /* vs_tap.c */
 int vs_tap_dequeue(struct vs_port *p, struct vs_pkt *pkts, uint32_t max);

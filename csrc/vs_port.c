@@ -12,7 +12,7 @@
 
 /* Recomputes whether a ring can be served, after any change to it, to the
  * port's memory or to its features. */
-static void refresh(struct vs_port *p, struct vs_vring *vq)
+static void refresh_ring(struct vs_port *p, struct vs_vring *vq)
 {
     bool was = vq->ready || vq->drain;
     bool rx = vs_queue_is_rx((uint32_t)(vq - p->vq));
@@ -56,10 +56,28 @@ static void refresh(struct vs_port *p, struct vs_vring *vq)
     vs_guard_leave(&g);
 }
 
+/* refresh_ring, and the port's list of ready RX rings after it. */
+static void refresh(struct vs_port *p, struct vs_vring *vq)
+{
+    refresh_ring(p, vq);
+    vs_port_count_queues(p);
+}
+
 static void refresh_all(struct vs_port *p)
 {
     for (int q = 0; q < VS_MAX_QUEUES; q++)
-        refresh(p, &p->vq[q]);
+        refresh_ring(p, &p->vq[q]);
+    vs_port_count_queues(p);
+}
+
+void vs_port_count_queues(struct vs_port *p)
+{
+    uint32_t n = 0;
+    for (uint32_t q = VS_QUEUE_RX; q < VS_MAX_QUEUES; q += VS_QUEUES_PER_PAIR) {
+        if (p->vq[q].ready)
+            p->rxq[n++] = (uint8_t)q;
+    }
+    p->nrxq = n;
 }
 
 int vs_port_open(struct vs_switch *sw, uint32_t port, uint32_t kind, uint32_t mtu)
@@ -93,6 +111,7 @@ void vs_port_reset(struct vs_switch *sw, uint32_t port)
     vs_mem_unmap(&p->mem);
     for (int q = 0; q < VS_MAX_QUEUES; q++)
         vs_vring_init(&p->vq[q]);
+    p->nrxq = 0;
     p->features = 0;
     p->hdr_len = 10;
     p->mrg_rxbuf = p->event_idx = p->indirect = false;
@@ -331,7 +350,20 @@ int vs_vring_stop(struct vs_switch *sw, uint32_t port, uint32_t q)
     vq->ready = vq->drain = false;
     vq->kick_fd = -1;
     vq->call_fd = -1;
+    vs_port_count_queues(p);
     return vq->last_avail;
+}
+
+int vs_vring_get_stats(struct vs_switch *sw, uint32_t port, uint32_t q,
+                       struct vs_queue_stats *out)
+{
+    struct vs_port *p;
+    struct vs_vring *vq = vs_vring_get(sw, port, q, &p);
+    if (!vq)
+        return -EINVAL;
+    out->packets = __atomic_load_n(&vq->packets, __ATOMIC_RELAXED);
+    out->bytes = __atomic_load_n(&vq->bytes, __ATOMIC_RELAXED);
+    return 0;
 }
 
 int vs_vring_set_kick(struct vs_switch *sw, uint32_t port, uint32_t q, int fd)

@@ -228,12 +228,16 @@ static bool arm_rings(struct vs_switch *sw)
     bool work = false;
     for (uint32_t k = 0; k < sw->nopen; k++) {
         struct vs_port *p = &sw->ports[sw->open_ids[k]];
-        struct vs_vring *vq = &p->vq[VS_QUEUE_TX];
-        if (p->kind != VS_PORT_VHOST || !(vq->ready || vq->drain))
+        if (p->kind != VS_PORT_VHOST)
             continue;
-        vs_vring_enable_kicks(p, vq, true);
-        if (__atomic_load_n(&vq->avail->idx, __ATOMIC_ACQUIRE) != vq->last_avail)
-            work = true;
+        for (uint32_t q = VS_QUEUE_TX; q < VS_MAX_QUEUES; q += VS_QUEUES_PER_PAIR) {
+            struct vs_vring *vq = &p->vq[q];
+            if (!(vq->ready || vq->drain))
+                continue;
+            vs_vring_enable_kicks(p, vq, true);
+            if (__atomic_load_n(&vq->avail->idx, __ATOMIC_ACQUIRE) != vq->last_avail)
+                work = true;
+        }
     }
     return work;
 }

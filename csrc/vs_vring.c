@@ -16,6 +16,7 @@ void vs_port_break(struct vs_port *p, const char *why)
     }
     for (int q = 0; q < VS_MAX_QUEUES; q++)
         p->vq[q].ready = p->vq[q].drain = false;
+    p->nrxq = 0;
 }
 
 void vs_vring_init(struct vs_vring *vq)

@@ -172,6 +172,8 @@ static uint32_t fill(struct vs_port *p, struct vs_vring *vq, const struct rx_pla
         }
         vq->last_avail = (uint16_t)(vq->last_avail + nheads);
         vs_delivered(p, pkt);
+        vq->packets++;
+        vq->bytes += pkt->len;
         iov0 = plan[j].iov_end;
         head0 = plan[j].head_end;
     }

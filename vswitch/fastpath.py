@@ -326,6 +326,13 @@ class Fastpath:
         chunks = [raw[i * 16 : (i + 1) * 16] for i in range(n)]
         return [str(ipaddress.ip_address(c if ipv6 else c[:4])) for c in chunks]
 
+    def vring_stats(self, port: int, q: int) -> dict[str, int]:
+        """Frames and bytes ring q carried (no parking: counters only)."""
+        st = ffi.new("struct vs_queue_stats *")
+        if lib.vs_vring_get_stats(self._sw, port, q, st) < 0:
+            return {"packets": 0, "bytes": 0}
+        return {"packets": st.packets, "bytes": st.bytes}
+
     def state(self, port: int) -> int:
         return lib.vs_port_state(self._sw, port)
 

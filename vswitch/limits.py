@@ -8,7 +8,8 @@ from __future__ import annotations
 from vswitch._fastpath import lib
 
 MAX_PORTS: int = lib.VS_MAX_PORTS
-MAX_QUEUES: int = lib.VS_MAX_QUEUES
+MAX_QUEUES: int = lib.VS_MAX_QUEUES  # rings of a port
+MAX_QUEUE_PAIRS: int = lib.VS_MAX_QUEUES // lib.VS_QUEUES_PER_PAIR
 MAX_MEM_REGIONS: int = lib.VS_MAX_MEM_REGIONS
 MAX_RING_SIZE: int = lib.VS_MAX_RING_SIZE
 MIN_MTU: int = lib.VS_MIN_MTU

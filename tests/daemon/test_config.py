@@ -139,7 +139,7 @@ BAD = {
         PORTS + "    mtux: 1500\n",
         "ports[0] (vm1).mtux: unknown key (did you mean 'mtu'? "
         "known keys here: group, mac_limit, mirror, mode, mtu, name, native_vlan, owner, path, "
-        "socket_mode, static_macs, trunks, type, vlan)",
+        "queues, socket_mode, static_macs, trunks, type, vlan)",
     ),
     "wrong type": (
         PORTS + '    mtu: "1500"\n',

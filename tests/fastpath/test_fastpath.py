@@ -372,7 +372,7 @@ def test_port_open_rejects_bad_arguments(sw: Switch) -> None:
     assert lib.vs_port_state(sw.sw, 4) == 0
     assert lib.vs_vring_set_num(sw.sw, 4, 0, 256) < 0
     assert lib.vs_vring_set_num(sw.sw, 3, lib.VS_MAX_QUEUES, 256) < 0
-    assert lib.vs_port_kick(sw.sw, 3, 5) < 0
+    assert lib.vs_port_kick(sw.sw, 3, lib.VS_MAX_QUEUES) < 0
     assert lib.vs_port_kick(sw.sw, 4, 1) < 0
 
 

@@ -17,6 +17,7 @@ import pytest
 from vswitch.config import parse_config
 from vswitch.daemon.switch import Switch
 from vswitch.errors import StartupError
+from vswitch.limits import MAX_QUEUE_PAIRS
 from vswitch.testkit.vhost_frontend import QEMU_FEATURES, Frontend, eventfd
 from vswitch.vhost import protocol as P
 from vswitch.vhost.protocol import PF, F, Req
@@ -111,10 +112,10 @@ async def test_negotiation_follows_qemu(switch: Switch) -> None:
         offered = (await fe.call(Req.GET_FEATURES)).u64()
         assert offered == P.OFFERED_FEATURES
         for f in (F.VERSION_1, F.MRG_RXBUF, F.INDIRECT_DESC, F.EVENT_IDX, F.GUEST_ANNOUNCE, F.MTU,
-                  F.IN_ORDER):
+                  F.IN_ORDER, F.CTRL_VQ, F.MQ):
             assert offered & (1 << f)
         # Never offered: anything we do not implement.
-        for f in (F.CSUM, F.GUEST_TSO4, F.HOST_TSO4, F.CTRL_VQ, F.RING_PACKED, F.LOG_ALL, F.MQ):
+        for f in (F.CSUM, F.GUEST_TSO4, F.HOST_TSO4, F.RING_PACKED, F.LOG_ALL):
             assert not offered & (1 << f)
         pf = (await fe.call(Req.GET_PROTOCOL_FEATURES)).u64()
         for b in (PF.MQ, PF.REPLY_ACK, PF.MTU, PF.STATUS, PF.BACKEND_REQ):
@@ -122,7 +123,7 @@ async def test_negotiation_follows_qemu(switch: Switch) -> None:
         acked, acked_pf = await fe.negotiate()
         assert acked_pf & (1 << PF.REPLY_ACK)
         assert acked == QEMU_FEATURES & offered
-        assert (await fe.call(Req.GET_QUEUE_NUM)).u64() == 1
+        assert (await fe.call(Req.GET_QUEUE_NUM)).u64() == MAX_QUEUE_PAIRS
         await fe.set(Req.SET_STATUS, P.U64.pack(0x0F))
         assert (await fe.call(Req.GET_STATUS)).u64() == 0x0F
         assert await fe.set(Req.NET_SET_MTU, P.U64.pack(1400)) == 0
@@ -169,7 +170,7 @@ async def test_refusals_are_nacked_and_the_session_goes_on(switch: Switch) -> No
         P.encode(Req.SET_FEATURES, b"\x00" * 12),  # long payload
         P.HEADER.pack(Req.GET_FEATURES, 0x2, 0),  # wrong version
         P.HEADER.pack(Req.SET_MEM_TABLE, 1, 1 << 20),  # huge payload size
-        P.encode(Req.SET_VRING_NUM, P.VRING_STATE.pack(7, 256)),  # no such vring
+        P.encode(Req.SET_VRING_NUM, P.VRING_STATE.pack(200, 256)),  # no such vring
         P.encode(Req.SET_MEM_TABLE, P.MEM_HEADER.pack(9, 0)),  # too many regions
         P.encode(Req.SET_MEM_TABLE, P.MEM_HEADER.pack(1, 0) + b"\x00" * 32),  # no fd
         P.encode(Req.SET_VRING_KICK, P.U64.pack(0)),  # kick without its fd

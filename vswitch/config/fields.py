@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, ValidationInfo
 
-from vswitch.limits import MAX_FDB_SIZE, MAX_MTU, MIN_MTU
+from vswitch.limits import MAX_FDB_SIZE, MAX_MTU, MAX_QUEUE_PAIRS, MIN_MTU
 from vswitch.logs import LEVELS
 from vswitch.mac import MAC_FIX, parse_static_mac
 
@@ -230,7 +230,10 @@ def check_ip(v: Any) -> str:
     return str(ip)
 
 
+queue_pairs = int_in(1, MAX_QUEUE_PAIRS, "queue pairs a front end may set up, e.g. 4")
+
 LogLevel = BeforeValidator(log_level)
+QueuePairs = Annotated[int, BeforeValidator(queue_pairs)]
 FileMode = Annotated[int, BeforeValidator(file_mode)]
 SocketPath = Annotated[Path, BeforeValidator(socket_path)]
 PortName = Annotated[str, BeforeValidator(port_name)]

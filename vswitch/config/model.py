@@ -9,9 +9,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, PrivateAttr, model_validator
 
-from vswitch.config.fields import FileMode, LogLevel, SocketPath, int_in, listen_addr
+from vswitch.config.fields import (
+    FileMode,
+    LogLevel,
+    QueuePairs,
+    SocketPath,
+    int_in,
+    listen_addr,
+    queue_pairs,
+)
 from vswitch.config.ports import Model, Port, TapPort, VxlanPort
-from vswitch.limits import MAX_FDB_SIZE, MAX_PORTS
+from vswitch.limits import MAX_FDB_SIZE, MAX_PORTS, MAX_QUEUE_PAIRS
 from vswitch.mac import format_mac
 
 Loc = tuple[int | str, ...]
@@ -42,6 +50,8 @@ class SwitchConfig(Model):
     datapath: Literal["thread", "loop"] = "thread"
     poll_idle_us: Annotated[int, BeforeValidator(int_in(0, 1_000_000, "microseconds"))] = 100
     poll_linger_ns: Annotated[int, BeforeValidator(int_in(0, 100_000, "nanoseconds"))] = 3000
+    # The queue pairs a vhost-user port without its own `queues` may have.
+    queues: QueuePairs = MAX_QUEUE_PAIRS
 
 
 class MetricsConfig(Model):
@@ -84,6 +94,28 @@ class Config(Model):
     ports: Annotated[tuple[Port, ...], AfterValidator(_check_ports)] = Field(
         examples=["[{name: vm1, type: vhost-user, path: vm1.sock}]"]
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_queues(cls, data: Any) -> Any:
+        """switch.queues is the default of every vhost-user port's `queues`."""
+        if not isinstance(data, dict) or not isinstance(data.get("switch"), dict):
+            return data
+        default = data["switch"].get("queues")
+        ports = data.get("ports")
+        if default is None or not isinstance(ports, list | tuple):
+            return data
+        try:
+            queue_pairs(default)
+        except ValueError:
+            return data  # said once, at switch.queues
+        ports = [
+            {**p, "queues": default}
+            if isinstance(p, dict) and p.get("type") == "vhost-user" and "queues" not in p
+            else p
+            for p in ports
+        ]
+        return {**data, "ports": ports}
 
     @model_validator(mode="after")
     def _unique(self) -> Config:

@@ -27,6 +27,7 @@ from vswitch.config.fields import (
     MacLimit,
     Mtu,
     PortName,
+    QueuePairs,
     SocketPath,
     check_bool,
     check_ifname,
@@ -37,7 +38,7 @@ from vswitch.config.fields import (
     unique_addresses,
 )
 from vswitch.config.vlans import AccessVlan, NativeVlan, Trunks
-from vswitch.limits import DEFAULT_MAC_LIMIT, MAX_MTU, MIN_MTU
+from vswitch.limits import DEFAULT_MAC_LIMIT, MAX_MTU, MAX_QUEUE_PAIRS, MIN_MTU
 
 
 class Model(BaseModel):
@@ -129,6 +130,8 @@ class VhostUserPort(VlanKeys):
     mac_limit: MacLimit = DEFAULT_MAC_LIMIT
     static_macs: tuple[Mac, ...] = ()  # 48-bit ints
     mirror: MirrorConfig | None = None
+    # Queue pairs the front end may set up (GET_QUEUE_NUM); default: switch.queues.
+    queues: QueuePairs = MAX_QUEUE_PAIRS
 
     @property
     def socket_paths(self) -> tuple[Path, ...]:

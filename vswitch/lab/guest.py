@@ -69,6 +69,7 @@ class Nic:
     mac: str
     reconnect: bool = True
     server: bool = False
+    queues: int = 1  # queue pairs (multiqueue: netdev queues=N, device mq=on)
 
 
 @dataclass
@@ -117,8 +118,10 @@ class Guest:
         qemu: str = "qemu-system-x86_64",
         extra_args: list[str] | None = None,
         kernel_args: list[str] | None = None,
+        cpus: int = 1,
     ) -> None:
         self.name = name
+        self.cpus = cpus
         self.workdir = Path(workdir)
         self.nics = list(nics or [])
         self.ips = dict(ips or {})
@@ -180,7 +183,7 @@ class Guest:
         params += self.kernel_args
         args = [
             self.qemu, "-name", _q(self.name), "-machine", self.machine,
-            "-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", mem,
+            "-accel", "tcg", "-cpu", "max", "-smp", str(self.cpus), "-m", mem,
             "-object", f"memory-backend-memfd,id=mem,size={mem},share=on",
             "-numa", "node,memdev=mem",
             "-nographic", "-nodefaults", "-no-user-config",
@@ -195,10 +198,12 @@ class Guest:
                 rc = ",server=on,wait=off"
             else:
                 rc = ",reconnect=1" if nic.reconnect else ""
+            mq = f",queues={nic.queues}" if nic.queues > 1 else ""
             args += [
                 "-chardev", f"socket,id=vu{i},path={_q(nic.socket)}{rc}",
-                "-netdev", f"vhost-user,id=net{i},chardev=vu{i}",
-                "-device", f"virtio-net-pci,netdev=net{i},mac={nic.mac},vectors=0",
+                "-netdev", f"vhost-user,id=net{i},chardev=vu{i}{mq}",
+                "-device", f"virtio-net-pci,netdev=net{i},mac={nic.mac},vectors=0"
+                + (",mq=on" if mq else ""),
             ]  # fmt: skip
         return args + self.extra_args
 

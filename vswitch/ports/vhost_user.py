@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from vswitch.config import PortConfig, VhostUserPort
 from vswitch.errors import StartupError
 from vswitch.fastpath import PORT_VHOST, Fastpath
+from vswitch.limits import QUEUES_PER_PAIR, is_tx_ring
 from vswitch.mac import format_mac
 from vswitch.netsys.unix import listen_unix, set_socket_mode, socket_file
 from vswitch.ports.base import Port
@@ -109,7 +110,9 @@ class VhostPort(Port):
             self.connects += 1
             self._idle_since = None
             log.debug("port %s: connection accepted", self.name)
-            self.session = VhostSession(self.name, conn, self.dp, self.port, self.cfg.mtu)
+            self.session = VhostSession(
+                self.name, conn, self.dp, self.port, self.cfg.mtu, queue_pairs=self.cfg.queues
+            )
             self._session_task = asyncio.create_task(
                 self._serve(self.session), name=f"vhost {self.name}"
             )
@@ -143,7 +146,9 @@ class VhostPort(Port):
             self.connects += 1
             self._idle_since = None
             log.debug("port %s: connected to %s", self.name, path)
-            session = VhostSession(self.name, sock, self.dp, self.port, self.cfg.mtu)
+            session = VhostSession(
+                self.name, sock, self.dp, self.port, self.cfg.mtu, queue_pairs=self.cfg.queues
+            )
             self.session = session
             try:
                 await self._serve(session)
@@ -200,12 +205,17 @@ class VhostPort(Port):
         queues = []
         if s is not None:
             for q, vr in enumerate(s.vrings):
+                if vr.num == 0 and not vr.enabled:
+                    continue  # a ring the front end never set up (another pair's)
                 queues.append(
                     {
                         "index": q,
+                        "pair": q // QUEUES_PER_PAIR,
+                        "direction": "tx" if is_tx_ring(q) else "rx",
                         "size": vr.num,
                         "enabled": self.dp.vring_ready(self.port, q) or vr.enabled,
                         "ready": self.dp.vring_ready(self.port, q),
+                        **self.dp.vring_stats(self.port, q),
                     }
                 )
         return {

@@ -595,17 +595,18 @@ class Port:
     def __init__(self, switch: Switch, port_id: int, *, mem: GuestMemory | None = None,
                  features: int = MODERN, num: int = 256, mtu: int = 1500,
                  rx_num: int | None = None, setup: bool = True, ring_region: int | None = None,
-                 base: int = 0) -> None:
+                 base: int = 0, pairs: int = 1) -> None:
         self.switch = switch
         self.sw = switch.sw
         self.id = port_id
         self.features = features
         self.own_mem = mem is None
         self.mem = mem if mem is not None else GuestMemory.single()
-        self.rings = [SplitRing(self.mem, rx_num or num, ring_region),
-                      SplitRing(self.mem, num, ring_region)]
-        self.kick_fds = [eventfd(), eventfd()]
-        self.call_fds = [eventfd(), eventfd()]
+        # Ring 2k is pair k's RX (the switch fills it), 2k+1 its TX.
+        self.rings = [SplitRing(self.mem, rx_num or num if q % 2 == Q_RX else num, ring_region)
+                      for q in range(2 * pairs)]
+        self.kick_fds = [eventfd() for _ in self.rings]
+        self.call_fds = [eventfd() for _ in self.rings]
         assert lib.vs_port_open(self.sw, port_id, lib.VS_PORT_VHOST, mtu) == 0
         if setup:
             self.setup(base=base)
@@ -648,7 +649,7 @@ class Port:
         """QEMU's order: features, memory table, then each ring."""
         assert lib.vs_port_set_features(self.sw, self.id, self.features) == 0
         assert self.set_mem() == 0
-        for q in (Q_RX, Q_TX):
+        for q in range(len(self.rings)):
             self.setup_queue(q, base)
         assert self.up, f"port {self.id} not up after setup: {self.error!r}"
 
@@ -690,31 +691,31 @@ class Port:
 
     # Traffic
 
-    def send(self, *frames: bytes, hdr: bytes | None = None, kick: bool = True,
+    def send(self, *frames: bytes, hdr: bytes | None = None, kick: bool = True, pair: int = 0,
              **kw: Any) -> int:
-        """Queue frames on the guest's TX ring; with kick, serve them now.
-        Returns what vs_port_kick returned (0 without kick)."""
+        """Queue frames on the guest's TX ring (of queue pair `pair`); with kick, serve
+        them now.  Returns what vs_port_kick returned (0 without kick)."""
         h = net_hdr(self.hdr_len) if hdr is None else hdr
         for f in frames:
-            self.tx.add_tx(f, h, **kw)
-        return self.kick() if kick else 0
+            self.rings[2 * pair + Q_TX].add_tx(f, h, **kw)
+        return self.kick(2 * pair + Q_TX) if kick else 0
 
     def kick(self, q: int = Q_TX) -> int:
         os.eventfd_write(self.kick_fds[q], 1)
         return int(lib.vs_port_kick(self.sw, self.id, q))
 
-    def post_rx(self, count: int = 16, size: int = 2048, **kw: Any) -> list[int]:
-        return self.rx.add_rx(size, count, **kw)
+    def post_rx(self, count: int = 16, size: int = 2048, pair: int = 0, **kw: Any) -> list[int]:
+        return self.rings[2 * pair + Q_RX].add_rx(size, count, **kw)
 
     def calls(self, q: int = Q_RX) -> int:
         """Interrupts the switch sent on queue q since last asked."""
         return eventfd_take(self.call_fds[q])
 
-    def received(self) -> list[Received]:
-        """Frames the switch put in the RX ring, reassembled from mergeable
-        buffers by num_buffers, as virtio-net's receive path does."""
+    def received(self, pair: int = 0) -> list[Received]:
+        """Frames the switch put in the RX ring (of queue pair `pair`), reassembled from
+        mergeable buffers by num_buffers, as virtio-net's receive path does."""
         out: list[Received] = []
-        used = self.rx.reclaim()
+        used = self.rings[2 * pair + Q_RX].reclaim()
         hl = self.hdr_len
         i = 0
         while i < len(used):
@@ -731,8 +732,8 @@ class Port:
             i += n
         return out
 
-    def frames(self) -> list[bytes]:
-        return [r.frame for r in self.received()]
+    def frames(self, pair: int = 0) -> list[bytes]:
+        return [r.frame for r in self.received(pair)]
 
 
 def run_bounded(fn: Callable[[], object], timeout: float = 5.0) -> str | None:

@@ -164,6 +164,8 @@ def feature_names(mask: int, kind: type[enum.IntEnum]) -> list[str]:
 
 # What the switch implements and therefore offers; never more (QEMU uses
 # whatever is offered and acked).
+# CTRL_VQ and MQ: QEMU (and DPDK's virtio-user) runs the control queue itself and turns the
+# guest's queue-pair changes into SET_VRING_ENABLE; the rings of every pair are ours.
 OFFERED_FEATURES = bits(
     F.VERSION_1,
     F.MRG_RXBUF,
@@ -172,10 +174,16 @@ OFFERED_FEATURES = bits(
     F.GUEST_ANNOUNCE,
     F.MTU,
     F.IN_ORDER,
+    F.CTRL_VQ,
+    F.MQ,
     F.PROTOCOL_FEATURES,
 )
 OFFERED_PROTOCOL_FEATURES = bits(PF.MQ, PF.REPLY_ACK, PF.MTU, PF.BACKEND_REQ, PF.STATUS)
-QUEUE_PAIRS = 1
+
+
+def offered_features(queue_pairs: int) -> int:
+    """What a port of that many queue pairs offers: MQ only with more than one."""
+    return OFFERED_FEATURES if queue_pairs > 1 else OFFERED_FEATURES & ~bits(F.MQ)
 
 
 class ProtocolError(Exception):

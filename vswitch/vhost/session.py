@@ -70,12 +70,15 @@ class VhostSession:
         port: int,
         mtu: int,
         on_state: Callable[[], None] | None = None,
+        queue_pairs: int = 1,
     ) -> None:
         self.name = name
         self.sock = sock
         self.dp = dp
         self.port = port
         self.max_mtu = mtu
+        self.queue_pairs = queue_pairs
+        self.offered = P.offered_features(queue_pairs)
         self.on_state = on_state or (lambda: None)
         self.loop = asyncio.get_running_loop()
         self.features = 0
@@ -172,18 +175,22 @@ class VhostSession:
         return bool(self.protocol_features & (1 << PF.REPLY_ACK))
 
     def _vring_index(self, index: int, msg: Message) -> int:
-        if index >= MAX_QUEUES:
-            raise ProtocolError(f"{msg.name}: vring {index} (this port has {MAX_QUEUES})")
+        rings = min(MAX_QUEUES, 2 * self.queue_pairs)
+        if index >= rings:
+            raise ProtocolError(
+                f"{msg.name}: vring {index} (this port has {rings}: {self.queue_pairs} queue "
+                "pair(s), the `queues` it was told with GET_QUEUE_NUM)"
+            )
         return index
 
     # Features
 
     def _get_features(self, msg: Message) -> bytes:
-        return P.reply_u64(msg.request, P.OFFERED_FEATURES)
+        return P.reply_u64(msg.request, self.offered)
 
     def _set_features(self, msg: Message) -> None:
         features = msg.u64()
-        extra = features & ~P.OFFERED_FEATURES
+        extra = features & ~self.offered
         if extra:
             raise Refused(f"features never offered: {P.feature_names(extra, F)}")
         self.features = features
@@ -217,7 +224,7 @@ class VhostSession:
         log.info("port %s: RESET_OWNER: every ring disabled", self.name)
 
     def _get_queue_num(self, msg: Message) -> bytes:
-        return P.reply_u64(msg.request, P.QUEUE_PAIRS)
+        return P.reply_u64(msg.request, self.queue_pairs)
 
     def _net_set_mtu(self, msg: Message) -> None:
         mtu = msg.u64()
