@@ -75,3 +75,43 @@ async def test_testpmd_frames_flow_both_ways_and_counters_agree(
             assert c["ring_errors"] == 0
             assert {"VERSION_1", "MRG_RXBUF"} <= set(info[name]["features"])
         assert fdb == {MAC[0]: "a", MAC[1]: "b"}
+
+
+async def test_testpmd_with_two_queue_pairs_uses_every_queue(tmp_path: Path, dpdk: None) -> None:
+    """virtio-user with queues=2 and --rxq=2 --txq=2: the switch serves both TX queues of
+    each port and spreads testpmd's flows (--txonly-multi-flow: tx_first's frames differ by
+    source address) over both RX queues; nothing is dropped."""
+    ports = [{"name": n, "type": "vhost-user", "path": str(tmp_path / f"{n}.sock")} for n in "ab"]
+    async with SwitchProcess(tmp_path, ports) as sw:
+        vdevs = [
+            f"net_virtio_user{i},path={sw.sock(n)},mac={MAC[i]},queue_size={QUEUE_SIZE},queues=2"
+            for i, n in enumerate("ab")
+        ]
+        args = [
+            "--forward-mode=mac",
+            f"--eth-peer=0,{MAC[1]}",
+            f"--eth-peer=1,{MAC[0]}",
+            "--nb-cores=1",
+            "--rxq=2",
+            "--txq=2",
+            "--txonly-multi-flow",
+        ]
+        async with DpdkTestpmd(vdevs, args, tmp_path / "testpmd.log", tmp_path.name) as tp:
+            await sw.wait_port("a", "up")
+            await sw.wait_port("b", "up")
+            await tp.cmd("start tx_first")
+            await asyncio.sleep(2)
+            await tp.cmd("stop")
+            await asyncio.sleep(0.5)
+            nic = await tp.port_stats()
+            info = await sw.ports()
+        if nic[0]["tx_packets"] < 1000 or nic[1]["tx_packets"] < 1000:
+            pytest.fail(f"testpmd moved too little: {nic}\n{tp.tail()}")
+        for name in "ab":
+            p = info[name]
+            assert "MQ" in p["features"], p["features"]
+            queues = {q["index"]: q for q in p["queues"]}
+            assert set(queues) == {0, 1, 2, 3}, queues
+            assert all(queues[q]["packets"] > 0 for q in range(4)), (name, queues)
+            drops = {k: v for k, v in p["counters"].items() if "drop" in k and v}
+            assert not drops, (name, drops)
