@@ -105,3 +105,23 @@ async def test_top_batch_mode(busy: Switch) -> None:
     first, second = ([line.split() for line in t.splitlines()] for t in tables)
     assert ["a", "up", "-", "-", "-", "-", "-"] == next(r for r in first if r[:1] == ["a"])[:7]
     assert value(next(r for r in second if r[:1] == ["a"])[2]) > 0
+
+
+def test_top_shows_each_queue_pair_of_a_multiqueue_port() -> None:
+    from rich.console import Console
+
+    from vswitch.cli.top import Sample, render
+
+    def port(n: int) -> dict[str, object]:
+        queues = [{"index": q, "pair": q // 2, "ready": True, "packets": n * (q + 1),
+                   "bytes": 100 * n * (q + 1)} for q in range(4)]  # fmt: skip
+        return {"name": "vm1", "state": "up", "counters": {"rx_packets": n}, "queues": queues}
+
+    prev, cur = Sample(0.0, [port(0)], {}), Sample(1.0, [port(10)], {})
+    console = Console(width=150, record=True)
+    console.print(render("ctl.sock", cur, prev, 1.0))
+    lines = console.export_text().splitlines()
+    rows = {ln.split()[1]: ln.split() for ln in lines if ln.strip().startswith("queue")}
+    # Pair 1: the switch took 40/s from ring 3 (its TX) and gave 30/s to ring 2 (its RX).
+    assert rows["0"][2:4] == ["ready", "20"] and rows["1"][3] == "40", rows
+    assert rows["1"][5] == "30", rows

@@ -42,6 +42,11 @@ def _rate(cur: int, prev: int, dt: float) -> float:
 def render(path: str | Path, cur: Sample, prev: Sample | None, interval: float) -> RenderableType:
     dt = cur.t - prev.t if prev else 0.0
     before = {p["name"]: p.get("counters") or {} for p in prev.ports} if prev else {}
+    prev_queues = (
+        {p["name"]: {q["index"]: q for q in p.get("queues") or []} for p in prev.ports}
+        if prev
+        else {}
+    )
     sw, psw = cur.switch, prev.switch if prev else {}
     flooded = si(_rate(sw.get("flooded", 0), psw.get("flooded", 0), dt)) if prev else "-"
     head = Text.assemble(
@@ -80,7 +85,30 @@ def render(path: str | Path, cur: Sample, prev: Sample | None, interval: float) 
             str(drops(c)),
             str(c.get("fdb_count", 0)),
         )
+        _queue_rows(t, p, prev_queues.get(p["name"]), dt)
     return Group(head, Text(""), t)
+
+
+def _queue_rows(t: Table, p: dict[str, Any], prev: dict[int, Any] | None, dt: float) -> None:
+    """A multiqueue port's pairs under it: what the switch took from each pair's TX ring
+    (RX PPS) and gave each pair's RX ring (TX PPS)."""
+    queues = {q["index"]: q for q in p.get("queues") or []}
+    pairs = sorted({q["pair"] for q in queues.values() if "pair" in q})
+    if len(pairs) < 2:
+        return
+    for k in pairs:
+        cells = []
+        for ring in (2 * k + 1, 2 * k):  # the guest's TX ring is what the switch receives
+            q = queues.get(ring) or {}
+            b = (prev or {}).get(ring)
+            if b is None or not q:
+                cells += ["-", "-"]
+                continue
+            cells.append(si(_rate(q.get("packets", 0), b.get("packets", 0), dt)))
+            cells.append(si(8 * _rate(q.get("bytes", 0), b.get("bytes", 0), dt), "b"))
+        ready = all((queues.get(r) or {}).get("ready") for r in (2 * k, 2 * k + 1))
+        t.add_row(f"  queue {k}", Text("ready" if ready else "off", style="dim"), *cells,
+                  "", "", "")  # fmt: skip
 
 
 async def sample(client: Client) -> Sample:
