@@ -69,6 +69,7 @@ class Nic:
     mac: str
     reconnect: bool = True
     server: bool = False
+    device_opts: str = ""  # more virtio-net-pci properties, e.g. "guest_announce=off"
 
 
 @dataclass
@@ -198,7 +199,8 @@ class Guest:
             args += [
                 "-chardev", f"socket,id=vu{i},path={_q(nic.socket)}{rc}",
                 "-netdev", f"vhost-user,id=net{i},chardev=vu{i}",
-                "-device", f"virtio-net-pci,netdev=net{i},mac={nic.mac},vectors=0",
+                "-device", f"virtio-net-pci,netdev=net{i},mac={nic.mac},vectors=0"
+                + (f",{nic.device_opts}" if nic.device_opts else ""),
             ]  # fmt: skip
         return args + self.extra_args
 
