@@ -166,7 +166,9 @@ class MigrationRig:
     def switch_of(self, port: str) -> SwitchProcess:
         return self.switches[1] if self.two and port == "vmB" else self.switches[0]
 
-    def guest(self, where: str, port: str, extra: list[str]) -> Guest:
+    def guest(
+        self, where: str, port: str, extra: list[str], kernel_args: list[str] | None = None
+    ) -> Guest:
         d = self.tmp / where
         d.mkdir(exist_ok=True)
         sw = self.switch_of(port)
@@ -177,6 +179,7 @@ class MigrationRig:
                           device_opts="guest_announce=off" if self.announce == "rarp" else "")],
             ips={0: [f"{GUEST_IP}/24"]}, memory_mb=MEM_MB, image_dir=self.image,
             extra_args=["-qmp", f"unix:{d / 'qmp.sock'},server=on,wait=off", *extra],
+            kernel_args=kernel_args,
         )  # fmt: skip
         self.guests.append(g)
         return g
