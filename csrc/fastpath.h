@@ -26,7 +26,15 @@
 #define VS_MAX_PORTS 256
 /* Rings of a port: up to 8 queue pairs (multiqueue). */
 #define VS_MAX_QUEUES 16
-#define VS_MAX_MEM_REGIONS 8
+/* Memory regions per port, and the GET_MAX_MEM_SLOTS answer.  QEMU refuses
+ * a DIMM once a back end has no free slot, so the limit must pass what a
+ * guest is given (pc-dimm slots: 256 at most, a handful in practice) plus
+ * its boot RAM.  64: room for 60 DIMMs; lookup is a binary search over the
+ * sorted table (6 steps), and 256 ports of 64 mappings each stay well under
+ * the kernel's default vm.max_map_count (65530).  DPDK offers 509 (KVM's
+ * memslot count), but a TCG or KVM guest with more than 64 DIMMs on one
+ * NIC is not a case worth the memory in every port. */
+#define VS_MAX_MEM_REGIONS 64
 #define VS_MAX_RING_SIZE 32768
 /* VLAN IDs, 0..4095 (1..4094 usable; vs_vlan_stats's out holds up to this many). */
 #define VS_VLAN_IDS 4096
@@ -103,6 +111,12 @@ struct vs_queue_stats {
 #define VS_F_INDIRECT_DESC 28
 #define VS_F_EVENT_IDX 29
 #define VS_F_VERSION_1 32
+/* vhost's "log every write" (migration in progress). */
+#define VS_F_LOG_ALL 26
+
+/* The dirty log (vhost-user SET_LOG_BASE): one bit per page of this size
+ * of guest-physical memory. */
+#define VS_LOG_PAGE 4096
 
 struct vs_switch;
 
@@ -144,6 +158,8 @@ struct vs_port_stats {
     uint64_t cap_filtered;          /* frames a capture's filter left out (never copied) */
     uint64_t tx_mirror;             /* mirror copies given to this port (also in tx_packets) */
     uint64_t mirror_drops;          /* mirror copies it could not take (also in tx_drop_*) */
+    uint64_t log_pages;             /* dirty-log bits this port set (pages it marked written) */
+    uint64_t log_overflow;          /* writes past the end of the front end's log (unlogged) */
     uint64_t rx_drop_vlan;          /* VLAN not allowed on this port (a trunk's list, native) */
     uint64_t rx_drop_vlan_tagged;   /* 802.1Q-tagged frame on an access port */
     uint64_t rx_drop_qinq;          /* 802.1ad or double-tagged frame on a VLAN-aware port */
@@ -275,6 +291,38 @@ int vs_port_set_vlans(struct vs_switch *sw, uint32_t port, uint32_t access_vlan,
                       const uint16_t *trunks, uint32_t ntrunks, uint32_t native_vlan);
 /* The VLANs that dropped frames, with their counts; returns how many. */
 uint32_t vs_vlan_stats(struct vs_switch *sw, struct vs_vlan_stats *out, uint32_t max);
+/* Memory hotplug (vhost-user ADD_MEM_REG, REM_MEM_REG): one region added to
+ * or removed from the table while the rings run, every ring translated
+ * again before the call returns.  Add: -ENOSPC past VS_MAX_MEM_REGIONS,
+ * -EEXIST for a region already there, -EINVAL for one overlapping another
+ * (guest-physical or front-end addresses), -EPERM as vs_port_set_mem.
+ * Remove: the region with the same guest address, size and front-end
+ * address; -ENOENT if there is none, -EBUSY if a started ring lies in it
+ * (nothing is changed). */
+int vs_port_add_mem(struct vs_switch *sw, uint32_t port, const struct vs_mem_region *region);
+int vs_port_rem_mem(struct vs_switch *sw, uint32_t port, const struct vs_mem_region *region);
+uint32_t vs_port_mem_regions(struct vs_switch *sw, uint32_t port);
+/* Dirty log (vhost-user SET_LOG_BASE): maps exactly size bytes at offset of
+ * fd (borrowed), replacing and unmapping any log before; fd -1 unmaps.
+ * While the port negotiated VS_F_LOG_ALL, every byte the switch writes into
+ * the guest's memory sets the bit of its page, before the used index that
+ * hands it over is published.  -EPERM: the file is not sealed against
+ * shrinking (a truncated log would fault the switch). */
+int vs_port_set_log(struct vs_switch *sw, uint32_t port, int fd, uint64_t size, uint64_t offset);
+/* 1 while writes into the port's guest memory are logged. */
+int vs_port_logging(struct vs_switch *sw, uint32_t port);
+/* SET_VRING_ADDR's VHOST_VRING_F_LOG: writes to the ring's used ring are
+ * logged at log_guest_addr (its guest-physical address), or not. */
+int vs_vring_set_log(struct vs_switch *sw, uint32_t port, uint32_t q, int enabled,
+                     uint64_t log_guest_addr);
+/* Forwards one frame as if port had sent it (learning its source there):
+ * a migrated guest's announcement (vhost-user SEND_RARP).  The port need
+ * not be up.  -EINVAL for a frame shorter than an Ethernet header or
+ * longer than the largest MTU allows. */
+int vs_port_inject(struct vs_switch *sw, uint32_t port, const uint8_t *frame, uint32_t len);
+/* Tests only: off != 0 makes the fast path skip every dirty-log write (the
+ * negative control of the migration test: the pages must then differ). */
+void vs_debug_no_log(struct vs_switch *sw, int off);
 uint32_t vs_port_state(struct vs_switch *sw, uint32_t port);
 /* Why the port was marked broken; "" when it is not. */
 const char *vs_port_error(struct vs_switch *sw, uint32_t port);

@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <setjmp.h>
+#include <string.h>
 #include <time.h>
 
 #include "vs_internal.h"
@@ -530,4 +531,36 @@ void vs_forward_recover(struct vs_switch *sw)
     if (ip && ip->kind == VS_PORT_VHOST && !ip->broken && consumed > 0 && q < VS_MAX_QUEUES &&
         vs_vring_complete(ip, &ip->vq[q], consumed))
         signal_due(sw, (uint32_t)in, q);
+}
+
+int vs_port_inject(struct vs_switch *sw, uint32_t port, const uint8_t *frame, uint32_t len)
+{
+    struct vs_port *p = vs_port_get(sw, port);
+    if (!p)
+        return -ENODEV;
+    if (len < VS_ETH_HDR || len > VS_FRAME_MAX)
+        return -EINVAL;
+    /* Called with the poll thread parked (between bursts): slot 0 is free.
+     * The frame is the switch's own copy, as a TAP frame is. */
+    vs_tick(sw);
+    struct vs_pkt *pkt = &sw->pkts[0];
+    memcpy(pkt->buf, frame, len);
+    memcpy(pkt->eth, frame, VS_ETH_HDR);
+    pkt->len = len;
+    pkt->nseg = len > VS_ETH_HDR;
+    pkt->seg[0] = (struct vs_seg){pkt->buf + VS_ETH_HDR, len - VS_ETH_HDR};
+    struct vs_guard g;
+    vs_guard_enter(&g, sw);
+    if (sigsetjmp(g.env, 0) == 0) {
+        __atomic_store_n(&sw->run.serving, (int32_t)port, __ATOMIC_RELAXED);
+        vs_forward(sw, port, sw->pkts, 1);
+    } else {
+        /* A destination's memory faulted: it is broken, the rest get it. */
+        vs_guard_fault(&g);
+        vs_forward_recover(sw);
+    }
+    vs_flush_signals(sw);
+    __atomic_store_n(&sw->run.serving, -1, __ATOMIC_RELAXED);
+    vs_guard_leave(&g);
+    return 0;
 }

@@ -144,6 +144,12 @@ struct vs_vring {
      * and every frame dropped (rx_drop_disabled).  Never set with ready. */
     bool drain;
     bool kicks_off;         /* we set NO_NOTIFY and nobody cleared it since */
+    /* Dirty logging of the used ring (SET_VRING_ADDR with VHOST_VRING_F_LOG):
+     * its guest-physical address, and the used index last published, from
+     * which the entries written since are logged before the next publish. */
+    bool log_used;
+    uint64_t log_gpa;
+    uint16_t pub_used;
     bool signal_due;        /* listed in sw->signal: published, interrupt not yet decided */
 };
 
@@ -194,6 +200,14 @@ struct vs_port {
     uint16_t vlan;
     uint16_t native;
     uint64_t trunk_set[(VS_VLAN_MAX + 1) / 64];
+    /* The dirty log (vs_log.c): logging is LOG_ALL negotiated with a log
+     * mapped (and not switched off for a test), the one flag the hot path
+     * looks at. */
+    bool logging;
+    uint8_t *log;
+    uint64_t log_size;
+    void *log_map;
+    size_t log_map_len;
     struct vs_vring vq[VS_MAX_QUEUES];
     /* Multiqueue: the RX rings ready now, in pair order (vs_port_count_queues);
      * a frame goes to rxq[flow hash % nrxq]. */
@@ -217,6 +231,7 @@ struct vs_port {
     struct vs_iov iov[VS_MAX_IOV];
     uint16_t heads[VS_MAX_IOV];
     uint32_t ends[VS_MAX_IOV];
+    uint64_t iov_gpa[VS_MAX_IOV];   /* guest-physical address of each span, for the log */
 };
 
 /* The MAC table (vs_fdb.c). */
@@ -334,6 +349,7 @@ struct vs_switch {
      * tagged on an access port (by the tag's VLAN). */
     uint64_t vlan_not_allowed[VS_VLAN_MAX + 1];
     uint64_t vlan_tagged[VS_VLAN_MAX + 1];
+    bool no_log;                /* vs_debug_no_log: tests only */
     struct vs_pkt pkts[VS_BURST];
     uint8_t bufs[VS_BURST][VS_PKT_SIZE];    /* pkts[i].buf, or another slot's after a swap */
     struct vs_port ports[VS_MAX_PORTS];
@@ -380,21 +396,88 @@ void *vs_uaddr_to_host(const struct vs_mem *mem, uint64_t ua, uint64_t len);
 
 /* Host pointer for [gpa, gpa+*len) clipped to one region: *len is reduced to
  * what is contiguous.  NULL if gpa is in no region.  Inline: every
- * descriptor of every frame goes through here. */
+ * descriptor of every frame goes through here.  The table is sorted by gpa
+ * and never overlaps (vs_mem.c), so the region is the last one starting at
+ * or below gpa: a binary search, no step at all for a one-region guest, six
+ * for the most a port may have (hotplugged DIMMs). */
 static inline uint8_t *vs_gpa_to_host(const struct vs_mem *mem, uint64_t gpa, uint64_t *len)
 {
-    for (uint32_t i = 0; i < mem->n; i++) {
-        const struct vs_region *r = &mem->r[i];
-        uint64_t off = gpa - r->gpa;
-        if (gpa >= r->gpa && off < r->size) {
-            uint64_t room = r->size - off;
-            if (*len > room)
-                *len = room;
-            return r->host + off;
-        }
+    uint32_t lo = 0, hi = mem->n;
+    if (hi == 0)
+        return NULL;
+    while (hi - lo > 1) {
+        uint32_t mid = (lo + hi) / 2;
+        if (mem->r[mid].gpa <= gpa)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    const struct vs_region *r = &mem->r[lo];
+    uint64_t off = gpa - r->gpa;
+    if (gpa >= r->gpa && off < r->size) {
+        uint64_t room = r->size - off;
+        if (*len > room)
+            *len = room;
+        return r->host + off;
     }
     return NULL;
 }
+
+/* vs_mem.c: hotplug.  The table stays sorted; a removed region's mapping
+ * goes to *out for the caller to unmap once no ring uses it. */
+int vs_mem_add(struct vs_mem *mem, const struct vs_mem_region *in);
+int vs_mem_remove(struct vs_mem *mem, const struct vs_mem_region *in, struct vs_region *out);
+void vs_region_unmap(struct vs_region *r);
+
+/* vs_log.c: dirty logging.  Sets the bit of every page of [gpa, gpa+len).
+ * The caller has made its writes to those pages visible first (a full
+ * fence, vs_log_fence): the bit is then looked at before it is set, since
+ * QEMU clears bits (atomically) before it copies their pages, and a bit we
+ * see set after our writes are visible is one whose page QEMU has not
+ * copied yet.  Setting only bits that are clear keeps the log's lines from
+ * bouncing between the switch and QEMU (DPDK's per-burst log cache, for the
+ * same reason), and each page is marked, never the whole byte of eight
+ * (DPDK 394313fff3: that made busy guests' migrations never converge). */
+static inline void vs_log_fence(void)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
+static inline void vs_log_write(struct vs_port *p, uint64_t gpa, uint64_t len)
+{
+    if (len == 0)
+        return;
+    uint64_t page = gpa / VS_LOG_PAGE, last = (gpa + len - 1) / VS_LOG_PAGE;
+    if (gpa + len - 1 < gpa)
+        last = UINT64_MAX / VS_LOG_PAGE;
+    for (;; page++) {
+        uint64_t byte = page / 8;
+        uint8_t bit = (uint8_t)(1u << (page % 8));
+        if (__builtin_expect(byte >= p->log_size, 0)) {
+            /* The front end sized its log for less memory than it gave us. */
+            p->st.log_overflow++;
+            return;
+        }
+        uint8_t *b = p->log + byte;
+        if (!(__atomic_load_n(b, __ATOMIC_RELAXED) & bit)) {
+            uint8_t old = __atomic_fetch_or(b, bit, __ATOMIC_RELAXED);
+            if (!(old & bit))
+                p->st.log_pages++;
+        }
+        if (page == last)
+            return;
+    }
+}
+
+/* Publishes the used index of a ring of a logging port: the entries
+ * written since the last publish are logged first, the index after it is
+ * stored (when the ring logs its used ring, VHOST_VRING_F_LOG). */
+void vs_log_publish(struct vs_port *p, struct vs_vring *vq);
+/* Logs a write of len bytes at offset off of the used ring (flags, avail_event). */
+void vs_log_used_at(struct vs_port *p, struct vs_vring *vq, uint64_t off, uint64_t len);
+/* Works out p->logging after a change to the features, the log or the knob. */
+void vs_log_refresh(struct vs_port *p);
+void vs_log_unmap(struct vs_port *p);
 
 /* vs_vring.c: ring setup, notifications, kick suppression. */
 void vs_vring_init(struct vs_vring *vq);

@@ -82,6 +82,66 @@ static int map_region(struct vs_region *r, const struct vs_mem_region *in)
     return 0;
 }
 
+/* Keeps the table sorted by guest-physical address: vs_gpa_to_host's
+ * binary search depends on it. */
+static void sort_regions(struct vs_mem *mem)
+{
+    for (uint32_t i = 1; i < mem->n; i++) {
+        struct vs_region r = mem->r[i];
+        uint32_t j = i;
+        for (; j > 0 && mem->r[j - 1].gpa > r.gpa; j--)
+            mem->r[j] = mem->r[j - 1];
+        mem->r[j] = r;
+    }
+}
+
+int vs_mem_add(struct vs_mem *mem, const struct vs_mem_region *in)
+{
+    if (in->size == 0 || in->fd < 0)
+        return -EINVAL;
+    if (in->guest_phys_addr + in->size < in->guest_phys_addr ||
+        in->user_addr + in->size < in->user_addr || in->mmap_offset + in->size < in->mmap_offset)
+        return -EOVERFLOW;
+    for (uint32_t i = 0; i < mem->n; i++) {
+        const struct vs_region *b = &mem->r[i];
+        if (b->gpa == in->guest_phys_addr && b->size == in->size && b->uaddr == in->user_addr)
+            return -EEXIST;
+        if (ranges_overlap(in->guest_phys_addr, in->size, b->gpa, b->size) ||
+            ranges_overlap(in->user_addr, in->size, b->uaddr, b->size))
+            return -EINVAL;
+    }
+    if (mem->n >= VS_MAX_MEM_REGIONS)
+        return -ENOSPC;
+    int rc = map_region(&mem->r[mem->n], in);
+    if (rc < 0)
+        return rc;
+    mem->n++;
+    sort_regions(mem);
+    return 0;
+}
+
+int vs_mem_remove(struct vs_mem *mem, const struct vs_mem_region *in, struct vs_region *out)
+{
+    for (uint32_t i = 0; i < mem->n; i++) {
+        const struct vs_region *r = &mem->r[i];
+        if (r->gpa != in->guest_phys_addr || r->size != in->size || r->uaddr != in->user_addr)
+            continue;
+        *out = *r;
+        memmove(&mem->r[i], &mem->r[i + 1], (mem->n - i - 1) * sizeof(mem->r[0]));
+        mem->n--;
+        memset(&mem->r[mem->n], 0, sizeof(mem->r[0]));
+        return 0;
+    }
+    return -ENOENT;
+}
+
+void vs_region_unmap(struct vs_region *r)
+{
+    if (r->map)
+        munmap(r->map, r->map_len);
+    memset(r, 0, sizeof(*r));
+}
+
 int vs_mem_map(struct vs_mem *mem, const struct vs_mem_region *regions, uint32_t n)
 {
     int rc = check_table(regions, n);
@@ -96,6 +156,7 @@ int vs_mem_map(struct vs_mem *mem, const struct vs_mem_region *regions, uint32_t
         }
         fresh.n = i + 1;
     }
+    sort_regions(&fresh);
     *mem = fresh;
     return 0;
 }

@@ -51,6 +51,7 @@ static void refresh_ring(struct vs_port *p, struct vs_vring *vq)
         uint16_t used = READ_ONCE(vq->used->idx);
         if (used != vq->last_used)
             vq->last_avail = vq->last_used = used;
+        vq->pub_used = vq->last_used;
         vq->signalled_valid = false;
     }
     vs_guard_leave(&g);
@@ -113,6 +114,7 @@ void vs_port_reset(struct vs_switch *sw, uint32_t port)
         vs_vring_init(&p->vq[q]);
     p->nrxq = 0;
     p->features = 0;
+    vs_log_unmap(p);
     p->hdr_len = 10;
     p->mrg_rxbuf = p->event_idx = p->indirect = false;
     p->broken = false;
@@ -240,6 +242,10 @@ int vs_port_set_features(struct vs_switch *sw, uint32_t port, uint64_t features)
     p->event_idx = features & (1ULL << VS_F_EVENT_IDX);
     p->indirect = features & (1ULL << VS_F_INDIRECT_DESC);
     p->hdr_len = (p->mrg_rxbuf || (features & (1ULL << VS_F_VERSION_1))) ? 12 : 10;
+    /* LOG_ALL comes and goes while the rings run (migration starts, or is
+     * cancelled): refresh keeps a running ring's indexes, it only
+     * re-translates. */
+    vs_log_refresh(p);
     refresh_all(p);
     return 0;
 }
@@ -259,6 +265,62 @@ int vs_port_set_mem(struct vs_switch *sw, uint32_t port, const struct vs_mem_reg
     refresh_all(p);
     vs_mem_unmap(&old);
     return 0;
+}
+
+/* Does a started ring of the port lie (in part) in region r? */
+static bool ring_in(const struct vs_port *p, const struct vs_region *r)
+{
+    for (int q = 0; q < VS_MAX_QUEUES; q++) {
+        const struct vs_vring *vq = &p->vq[q];
+        if (!vq->started || !vq->addr_set)
+            continue;
+        const uint64_t ua[3] = {vq->desc_ua, vq->avail_ua, vq->used_ua};
+        for (int k = 0; k < 3; k++) {
+            if (ua[k] >= r->uaddr && ua[k] - r->uaddr < r->size)
+                return true;
+        }
+    }
+    return false;
+}
+
+int vs_port_add_mem(struct vs_switch *sw, uint32_t port, const struct vs_mem_region *region)
+{
+    struct vs_port *p = vs_port_get(sw, port);
+    if (!p)
+        return -ENODEV;
+    int rc = vs_mem_add(&p->mem, region);
+    if (rc < 0)
+        return rc;
+    /* A ring that did not translate before may now (its memory came). */
+    refresh_all(p);
+    return 0;
+}
+
+int vs_port_rem_mem(struct vs_switch *sw, uint32_t port, const struct vs_mem_region *region)
+{
+    struct vs_port *p = vs_port_get(sw, port);
+    if (!p)
+        return -ENODEV;
+    for (uint32_t i = 0; i < p->mem.n; i++) {
+        const struct vs_region *r = &p->mem.r[i];
+        if (r->gpa == region->guest_phys_addr && r->size == region->size &&
+            r->uaddr == region->user_addr && ring_in(p, r))
+            return -EBUSY;
+    }
+    struct vs_region gone;
+    int rc = vs_mem_remove(&p->mem, region, &gone);
+    if (rc < 0)
+        return rc;
+    /* Translated again before the mapping goes: nothing points into it. */
+    refresh_all(p);
+    vs_region_unmap(&gone);
+    return 0;
+}
+
+uint32_t vs_port_mem_regions(struct vs_switch *sw, uint32_t port)
+{
+    struct vs_port *p = vs_port_get(sw, port);
+    return p ? p->mem.n : 0;
 }
 
 uint32_t vs_port_state(struct vs_switch *sw, uint32_t port)
@@ -335,7 +397,7 @@ int vs_vring_set_base(struct vs_switch *sw, uint32_t port, uint32_t q, uint32_t 
     struct vs_vring *vq = vs_vring_get(sw, port, q, &p);
     if (!vq || base > UINT16_MAX)
         return -EINVAL;
-    vq->last_avail = vq->last_used = (uint16_t)base;
+    vq->last_avail = vq->last_used = vq->pub_used = (uint16_t)base;
     vq->signalled_valid = false;
     return 0;
 }

@@ -172,6 +172,18 @@ static inline void put_used(struct vs_vring *vq, uint16_t idx, uint32_t id, uint
 static inline void publish_used(struct vs_vring *vq)
 {
     __atomic_store_n(&vq->used->idx, vq->last_used, __ATOMIC_RELEASE);
+    vq->pub_used = vq->last_used;   /* where the dirty log's used entries start */
+}
+
+/* Publishes the used index; a port that logs its writes (migration) logs
+ * the used entries and the index too (vs_log.c).  One predicted branch
+ * when it does not. */
+static inline void publish_used_logged(struct vs_port *p, struct vs_vring *vq)
+{
+    if (__builtin_expect(p->logging, 0))
+        vs_log_publish(p, vq);
+    else
+        publish_used(vq);
 }
 
 /* Reads the avail index; a jump of more than the ring size means the

@@ -100,8 +100,11 @@ void vs_vring_signal(struct vs_port *p, struct vs_vring *vq)
 void vs_vring_enable_kicks(struct vs_port *p, struct vs_vring *vq, bool on)
 {
     if (p->event_idx) {
-        if (on)
+        if (on) {
             WRITE_ONCE(*vs_avail_event(vq), vq->last_avail);
+            if (__builtin_expect(p->logging, 0))
+                vs_log_used_at(p, vq, 4 + 8 * (uint64_t)vq->num, sizeof(uint16_t));
+        }
     } else if (!on && vq->kicks_off) {
         /* Already off: a store would still take the line holding the used
          * index away from the guest's core, on every poll. */
@@ -110,6 +113,8 @@ void vs_vring_enable_kicks(struct vs_port *p, struct vs_vring *vq, bool on)
         f = on ? (uint16_t)(f & ~VRING_USED_F_NO_NOTIFY) : (uint16_t)(f | VRING_USED_F_NO_NOTIFY);
         WRITE_ONCE(vq->used->flags, f);
         vq->kicks_off = !on;
+        if (__builtin_expect(p->logging, 0))
+            vs_log_used_at(p, vq, 0, sizeof(uint16_t));
     }
     if (on)
         __atomic_thread_fence(__ATOMIC_SEQ_CST);

@@ -40,12 +40,15 @@ static int rx_chain_iov(struct vs_port *p, struct vs_vring *vq, uint16_t head, u
         uint64_t addr = d.addr;
         uint64_t left = d.len;
         while (left > 0) {
-            uint64_t len;
+            uint64_t len, gpa = addr;
             uint8_t *h = desc_span(p, &addr, &left, &len, left == d.len, rx_outside);
             if (!h)
                 return -EFAULT;
             if (*niov >= VS_MAX_IOV)
                 return -ENOBUFS;
+            /* Where the span is in guest-physical terms, for the dirty log:
+             * one store, whether or not the port logs. */
+            p->iov_gpa[*niov] = gpa;
             p->iov[(*niov)++] = (struct vs_iov){h, (uint32_t)len};
         }
         *cap += d.len;
@@ -125,6 +128,17 @@ static void iov_put(const struct vs_iov *iov, uint32_t *i, uint32_t *off, const 
     }
 }
 
+/* Marks the pages of the first used bytes of spans [from, to) in the dirty
+ * log: what fill wrote into one buffer, header included. */
+static void log_spans(struct vs_port *p, uint32_t from, uint32_t to, uint64_t used)
+{
+    for (uint32_t s = from; s < to && used > 0; s++) {
+        uint64_t n = p->iov[s].len < used ? p->iov[s].len : used;
+        vs_log_write(p, p->iov_gpa[s], n);
+        used -= n;
+    }
+}
+
 /* A reserved frame: its spans end at iov_end, its heads at head_end. */
 struct rx_plan {
     struct vs_pkt *pkt;
@@ -162,11 +176,17 @@ static uint32_t fill(struct vs_port *p, struct vs_vring *vq, const struct rx_pla
         /* Each buffer reports how much of it was written. */
         uint64_t left = p->hdr_len + pkt->len;
         uint32_t span = iov0;
+        bool logging = __builtin_expect(p->logging, 0);
+        if (logging)
+            vs_log_fence();     /* the frame's bytes are visible before their bits are looked at */
         for (uint32_t h = head0; h < plan[j].head_end; h++) {
             uint64_t room = 0;
+            uint32_t first = span;
             for (; span < p->ends[h]; span++)
                 room += p->iov[span].len;
             uint32_t used = (uint32_t)(left < room ? left : room);
+            if (logging)
+                log_spans(p, first, span, used);
             put_used(vq, vq->last_used++, p->heads[h], used);
             left -= used;
         }
@@ -226,7 +246,7 @@ uint32_t vs_vring_enqueue(struct vs_port *p, struct vs_vring *vq, struct vs_pkt 
         p->st.tx_drop_no_buffer += n - i - 1;
     }
     if (vq->used && sent > 0) {
-        publish_used(vq);
+        publish_used_logged(p, vq);
     }
     return sent;
 }

@@ -250,6 +250,8 @@ bool vs_vring_complete(struct vs_port *p, struct vs_vring *vq, uint32_t consumed
 {
     if (consumed == 0 || !vq->used)
         return false;
-    publish_used(vq);
+    /* The guest's TX buffers are only read, never logged (DPDK cd79d1b030);
+     * the used entries that give them back are written, and are. */
+    publish_used_logged(p, vq);
     return true;
 }

@@ -265,6 +265,74 @@ class Fastpath:
             )
         _check(rc, "map guest memory")
 
+    def _region(self, r: Region) -> Any:
+        c = ffi.new("struct vs_mem_region *")
+        c.guest_phys_addr, c.size, c.user_addr = r.guest_phys_addr, r.size, r.user_addr
+        c.mmap_offset, c.fd = r.mmap_offset, r.fd
+        return c
+
+    @_parked
+    def add_mem(self, port: int, region: Region) -> None:
+        """Memory hotplug: one region more, the rings translated again before it returns."""
+        rc = lib.vs_port_add_mem(self._sw, port, self._region(region))
+        where = f"region at guest address {region.guest_phys_addr:#x} ({region.size >> 20} MiB)"
+        if rc == -errno.EEXIST:
+            raise OSError(errno.EEXIST, f"{where} is in the memory table already")
+        if rc == -errno.EINVAL:
+            raise OSError(errno.EINVAL, f"{where} overlaps a region of the table, or is empty")
+        if rc == -errno.ENOSPC:
+            raise OSError(
+                errno.ENOSPC,
+                f"{where}: the table has {lib.VS_MAX_MEM_REGIONS} regions already, the most a "
+                "port takes (GET_MAX_MEM_SLOTS said so)",
+            )
+        if rc == -errno.EPERM:
+            raise OSError(errno.EPERM, f"{where}: its file is not sealed against shrinking")
+        _check(rc, f"map {where}")
+
+    @_parked
+    def rem_mem(self, port: int, region: Region) -> None:
+        rc = lib.vs_port_rem_mem(self._sw, port, self._region(region))
+        where = f"region at guest address {region.guest_phys_addr:#x} ({region.size >> 20} MiB)"
+        if rc == -errno.ENOENT:
+            raise OSError(errno.ENOENT, f"no {where} in the memory table")
+        if rc == -errno.EBUSY:
+            raise OSError(errno.EBUSY, f"{where} holds a running ring: stop the ring first")
+        _check(rc, f"unmap {where}")
+
+    def mem_regions(self, port: int) -> int:
+        return lib.vs_port_mem_regions(self._sw, port)
+
+    @_parked
+    def set_log(self, port: int, fd: int, size: int, offset: int) -> None:
+        """The dirty log (SET_LOG_BASE): exactly size bytes at offset of fd; fd -1 unmaps."""
+        rc = lib.vs_port_set_log(self._sw, port, fd, size, offset)
+        if rc == -errno.EPERM:
+            raise OSError(
+                errno.EPERM,
+                "map the dirty log: its file is not a memfd sealed against shrinking "
+                "(F_SEAL_SHRINK), so it could be truncated under the switch",
+            )
+        _check(rc, f"map the dirty log ({size} bytes at offset {offset})")
+
+    def logging(self, port: int) -> bool:
+        return bool(lib.vs_port_logging(self._sw, port))
+
+    @_parked
+    def vring_log(self, port: int, q: int, enabled: bool, log_guest_addr: int) -> None:
+        _check(lib.vs_vring_set_log(self._sw, port, q, int(enabled), log_guest_addr),
+               f"vring {q} log address")  # fmt: skip
+
+    @_parked
+    def inject(self, port: int, frame: bytes) -> None:
+        """Forwards frame as if port had sent it (learned on it, flooded or sent on)."""
+        _check(lib.vs_port_inject(self._sw, port, frame, len(frame)), "inject a frame")
+
+    @_parked
+    def debug_no_log(self, off: bool) -> None:
+        """Tests only: the fast path skips every dirty-log write."""
+        lib.vs_debug_no_log(self._sw, int(off))
+
     @_parked
     def set_mirror(self, port: int, sources: Sequence[int], dirs: int) -> None:
         """Port gets copies of the frames the switch takes from `sources` (dirs has

@@ -22,13 +22,16 @@
  *
  *   0   u8  regions-1 (mod 3)        1  u8  file order of the regions
  *   2   u8  features port 0           3  u8  features port 1
- *           bit 0 MRG_RXBUF, 1 INDIRECT_DESC, 2 EVENT_IDX, 3 VERSION_1
+ *           bit 0 MRG_RXBUF, 1 INDIRECT_DESC, 2 EVENT_IDX, 3 VERSION_1, 4 LOG_ALL
  *   4   u8  log2 ring size port 0     5  u8  log2 ring size port 1   (mod 9)
  *   6   u16 mtu port 0                8  u16 mtu port 1
- *   10  u8  fdb size - 1 (mod 16)
+ *   10  u8  fdb size - 1 (bits 0-3); VLAN mode of port 0 (bits 4-5) and port 1
+ *           (bits 6-7), see set_vlan_mode
  *   11  u8  ring layout: 0 packed at the start of region 0, else raw
  *   12  u8  region 0's gpa in pages (mod 16)    (region 0 is 32 KiB)
- *   13  u8  VLAN mode of port 0 (bits 0-1) and port 1 (bits 2-3), see set_vlan_mode
+ *   13  u8  dirty log: bit 7 on; bits 0-2 its offset in the file in 8-byte
+ *           steps, bits 3-6 its size - 1 in bytes (pages the guest has may
+ *           lie past it); features bit 4 (below) is LOG_ALL
  *   14  region 1, then 16 region 2: u8 gpa gap after the previous region in
  *       pages (mod 4; 0 = adjacent), u8 size in pages - 1 (mod 4)
  *   18  raw layout: 4 rings x (u16 desc, u16 avail, u16 used) offsets
@@ -46,6 +49,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -96,9 +100,14 @@ struct world {
     uint32_t mtu[2];
     uint16_t base[4];
     uint32_t vmode[2];
+    uint64_t log_off, log_size;     /* log_size 0: no dirty log */
 };
 
 static int memfd = -1;
+/* The dirty log's file: two pages, canaries around the log. */
+#define LOG_FILE (2 * PAGE)
+static int logfd = -1;
+static uint8_t *logfile;
 static uint8_t *file;
 static int kick_fd[4], call_fd[4];
 static uint8_t capbuf[1 << 17];
@@ -120,6 +129,14 @@ static void init_once(void)
         die("memfd");
     verbose = getenv("FUZZ_VRING_VERBOSE") != NULL;
     memset(canary_page, CANARY, PAGE);
+    /* Sealed as QEMU seals its log: the switch refuses anything less. */
+    logfd = memfd_create("fuzz-log", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (logfd < 0 || ftruncate(logfd, LOG_FILE) < 0 ||
+        fcntl(logfd, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) < 0)
+        die("log memfd");
+    logfile = mmap(NULL, LOG_FILE, PROT_READ | PROT_WRITE, MAP_SHARED, logfd, 0);
+    if (logfile == MAP_FAILED)
+        die("log mmap");
     file = mmap(NULL, FILE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
     if (file == MAP_FAILED)
         die("mmap");
@@ -142,6 +159,8 @@ static uint64_t feature_bits(uint8_t b)
         f |= 1ULL << VS_F_EVENT_IDX;
     if (b & 8)
         f |= 1ULL << VS_F_VERSION_1;
+    if (b & 16)
+        f |= 1ULL << VS_F_LOG_ALL;
     return f;
 }
 
@@ -171,8 +190,39 @@ static void setup_port(struct world *w, uint32_t port)
 {
     vs_port_set_features(w->sw, port, w->features[port]);
     set_mem(w, port);
+    if (w->log_size) {
+        if (vs_port_set_log(w->sw, port, logfd, w->log_size, w->log_off) < 0)
+            die("vs_port_set_log refused a good log");
+    }
     setup_ring(w, 2 * port, w->base[2 * port]);
     setup_ring(w, 2 * port + 1, w->base[2 * port + 1]);
+    for (uint32_t q = 0; q < 2; q++) {
+        const struct ring *r = &w->ring[2 * port + q];
+        vs_vring_set_log(w->sw, port, q, w->log_size != 0, w->reg[0].gpa + r->used);
+    }
+}
+
+/* The log: nothing written outside it, and no bit for a page the guest
+ * does not have. */
+static void check_log(const struct world *w)
+{
+    for (uint64_t i = 0; i < LOG_FILE; i++) {
+        bool in = w->log_size && i >= w->log_off && i < w->log_off + w->log_size;
+        if (!in && logfile[i] != CANARY)
+            die("write outside the dirty log");
+        if (!in)
+            continue;
+        for (uint32_t b = 0; b < 8; b++) {
+            if (!(logfile[i] >> b & 1))
+                continue;
+            uint64_t gpa = ((i - w->log_off) * 8 + b) * PAGE;
+            bool mine = false;
+            for (uint32_t r = 0; r < w->nreg; r++)
+                mine |= gpa + PAGE > w->reg[r].gpa && gpa < w->reg[r].gpa + w->reg[r].size;
+            if (!mine)
+                die("dirty log bit for a page outside guest memory");
+        }
+    }
 }
 
 /* Where ring k's avail index lies in our own mapping, if it is inside region 0. */
@@ -470,19 +520,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     num[1] = 1u << (u8(&in) % 9);
     w.mtu[0] = VS_MIN_MTU + u16(&in) % (VS_MAX_MTU - VS_MIN_MTU + 1);
     w.mtu[1] = VS_MIN_MTU + u16(&in) % (VS_MAX_MTU - VS_MIN_MTU + 1);
-    uint32_t fdb_size = 1 + u8(&in) % 16;
+    uint8_t fdb_byte = u8(&in);
+    uint32_t fdb_size = 1 + fdb_byte % 16;
+    uint8_t vlan_byte = fdb_byte >> 4;
     uint8_t layout = u8(&in);
+    uint8_t logb = 0;
 
     /* Regions: region 0 holds the rings; gpa gaps may be zero, making
      * regions adjacent in guest-physical space but not in the file. */
     uint64_t gpa = (uint64_t)(u8(&in) % 16) * PAGE;
-    uint8_t vlan_byte = 0;
     for (uint32_t i = 0; i < 3; i++) {
         if (i > 0)
             gpa += (uint64_t)(u8(&in) % 4) * PAGE;
         uint64_t sz = i == 0 ? REGION0_SIZE : (uint64_t)(1 + u8(&in) % 4) * PAGE;
         if (i == 0)
-            vlan_byte = u8(&in);
+            logb = u8(&in);
         w.reg[i] = (struct region){gpa, sz, UA_BASE + (uint64_t)i * 0x10000000ULL, 0};
         gpa += sz;
     }
@@ -524,6 +576,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint8_t ops[2 * 24];
     for (uint32_t i = 0; i < 2 * nops; i++)
         ops[i] = u8(&in);
+
+    if (logb & 0x80) {
+        w.log_off = (uint64_t)(logb & 7) * 8;
+        w.log_size = 1 + ((logb >> 3) & 15);
+    }
+    memset(logfile, CANARY, LOG_FILE);
+    if (w.log_size)
+        memset(logfile + w.log_off, 0, w.log_size);
 
     /* Guest memory: canaries everywhere, then the input over the regions. */
     memset(file, CANARY, FILE_SIZE);
@@ -580,6 +640,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                     st.tx_flood, st.ring_errors, st.calls, st.cap_packets, st.descs);
     }
     vs_switch_free(w.sw);
+    check_log(&w);
 
     /* The regions were laid out in file order with a gap before each. */
     uint64_t at = 0;

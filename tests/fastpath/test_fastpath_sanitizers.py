@@ -215,12 +215,12 @@ def _eth(dst: str, src: str, n: int) -> bytes:
 
 
 def _header(nreg: int, feats: tuple[int, int], ops: list[tuple[int, int]],
-            log2_num: int = 3, vlans: int = 0) -> bytes:
+            log2_num: int = 3, vlans: int = 0, log: int = 0) -> bytes:
     h = bytes([nreg - 1, 0, feats[0], feats[1], log2_num, log2_num])  # 3 = log2(_NUM)
     h += struct.pack("<HH", 1500 - 68, 1500 - 68)
-    h += bytes([7, 0])  # fdb size 8, packed ring layout
-    h += bytes([1, vlans, 0, 1, 0, 2])  # gpa base 1 page, VLAN modes; regions 1, 2: adjacent,
-    # 2 and 3 pages
+    h += bytes([7 | vlans << 4, 0])  # fdb size 8 and the VLAN modes, packed ring layout
+    # gpa base 1 page, the dirty log (byte 13); regions 1, 2: adjacent, 2 and 3 pages
+    h += bytes([1, log, 0, 1, 0, 2])
     h += bytes(24)  # raw ring offsets (unused with the packed layout)
     h += bytes(8)  # bases
     h += bytes([len(ops)]) + b"".join(bytes(op) for op in ops)
@@ -269,7 +269,8 @@ def fuzz_seeds() -> dict[str, bytes]:
            (224, 0x01 | 7 << 2 | 3 << 5), (0, 0), (224, 0x03 | 3 << 2 | 2 << 5), (0, 1),
            (224, 0x00 | 7 << 2 | 3 << 5), (4, 200)]
     seeds["long-chains-and-tiny-heads"] = _header(1, (_MODERN, _MODERN), ops, 8)
-    # VLANs: port 0 a trunk of 10 and 20, port 1 an access port of 10 (byte 13 = 2 | 1 << 2);
+    # VLANs: port 0 a trunk of 10 and 20, port 1 an access port of 10 (byte 10's high bits:
+    # 2 | 1 << 2);
     # tagged, untagged, QinQ and runt-tagged frames from the trunk, one with its tag cut
     # across descriptors, and the trunk turned into one with a native VLAN mid-run (op 8,
     # arg 0x10 | mode << 5).
@@ -286,6 +287,20 @@ def fuzz_seeds() -> dict[str, bytes]:
     img.rx(2, 4, 256)
     ops = [(0, 0), (0, 1), (8, 0x10 | 3 << 5), (5, 1), (0, 0), (0, 1)]
     seeds["vlans"] = _header(1, (_MODERN, _MODERN), ops, vlans=2 | 1 << 2) + bytes(img.mem)
+    # Migration: LOG_ALL (features bit 4) with a dirty log of 3 bytes at offset 24 of
+    # its file (bit 7 on, offset 3 * 8, size 1 + 2), so the pages past 24 are past its
+    # end (log_overflow), mergeable buffers across regions 0 and 1, a reconnect (the
+    # log mapped again), and LOG_ALL turned off and on while the rings run (op 11).
+    img = _Image(12)
+    img.tx(1, _eth(bc, a, 1400))
+    img.tx(3, _eth(a, b, 100))
+    img.rx(0, 4, 700)
+    img.rx_at(2, _GPA0 + (32 << 10) - 300, 1600)
+    img.rx(2, 2, 400)
+    ops = [(0, 0), (0, 1), (11, (_MODERN | 0x10) << 1), (0, 1), (7, 2), (0, 0),
+           (11, _MODERN << 1 | 1), (0, 1), (6, 4)]
+    seeds["dirty-log"] = _header(1, (_MODERN | 0x10, _MODERN | 0x10), ops,
+                                 log=0x80 | 3 | 2 << 3) + bytes(img.mem)
     for data in seeds.values():
         assert len(data) <= 4096, "scripts/fuzz runs with -max_len=4096"
     return seeds

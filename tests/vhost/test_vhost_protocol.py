@@ -115,10 +115,13 @@ async def test_negotiation_follows_qemu(switch: Switch) -> None:
                   F.IN_ORDER, F.CTRL_VQ, F.MQ):
             assert offered & (1 << f)
         # Never offered: anything we do not implement.
-        for f in (F.CSUM, F.GUEST_TSO4, F.HOST_TSO4, F.RING_PACKED, F.LOG_ALL):
+        for f in (F.CSUM, F.GUEST_TSO4, F.HOST_TSO4, F.RING_PACKED):
             assert not offered & (1 << f)
+        # Migration: QEMU blocks it without LOG_ALL and LOG_SHMFD.
+        assert offered & (1 << F.LOG_ALL)
         pf = (await fe.call(Req.GET_PROTOCOL_FEATURES)).u64()
-        for b in (PF.MQ, PF.REPLY_ACK, PF.MTU, PF.STATUS, PF.BACKEND_REQ):
+        for b in (PF.MQ, PF.REPLY_ACK, PF.MTU, PF.STATUS, PF.BACKEND_REQ, PF.LOG_SHMFD, PF.RARP,
+                  PF.CONFIGURE_MEM_SLOTS):
             assert pf & (1 << b)
         acked, acked_pf = await fe.negotiate()
         assert acked_pf & (1 << PF.REPLY_ACK)
@@ -175,7 +178,7 @@ async def test_refusals_are_nacked_and_the_session_goes_on(switch: Switch) -> No
         P.encode(Req.SET_MEM_TABLE, P.MEM_HEADER.pack(1, 0) + b"\x00" * 32),  # no fd
         P.encode(Req.SET_VRING_KICK, P.U64.pack(0)),  # kick without its fd
         P.encode(99),  # unknown, no reply requested
-        P.encode(Req.SET_LOG_BASE, b"\x00" * 16),  # for a feature never offered
+        P.encode(Req.SET_LOG_BASE, b"\x00" * 16),  # a log without its fd
     ],
     ids=[
         "short",

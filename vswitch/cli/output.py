@@ -86,6 +86,11 @@ def format_ports(ports: list[dict[str, Any]]) -> str:
             extra.append(f"macs {c.get('fdb_count', 0)} (limit {limit})")
         if p.get("capture"):
             extra.append("capture running")
+        mig = p.get("migration") or {}
+        if mig.get("logging"):
+            extra.append(f"migrating: dirty logging on, {mig.get('pages_marked', 0)} pages marked")
+        elif mig.get("pages_marked"):
+            extra.append(f"dirty logging off ({mig['pages_marked']} pages marked while it was on)")
         mirror = p.get("mirror")
         if mirror:
             extra.append(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -63,6 +64,11 @@ class Switch:
         cfg = self.config
         raise_fd_limit(len(cfg.ports))
         self.dp = Fastpath(cfg.switch.fdb_size)
+        if os.environ.get("VSWITCH_TEST_NO_DIRTY_LOG") == "1":
+            # The migration test's negative control: it must see lost pages.
+            log.warning("VSWITCH_TEST_NO_DIRTY_LOG=1: dirty logging is off (a test knob); "
+                        "a guest migrated now loses the switch's writes")  # fmt: skip
+            self.dp.debug_no_log(True)
         if cfg.switch.datapath == "thread":
             # Before any port exists, so no session ever watches kicks itself.
             self.dp.start_thread(cfg.switch.poll_idle_us, cfg.switch.poll_linger_ns)

@@ -70,6 +70,7 @@ class Nic:
     reconnect: bool = True
     server: bool = False
     queues: int = 1  # queue pairs (multiqueue: netdev queues=N, device mq=on)
+    device_opts: str = ""  # more virtio-net-pci properties, e.g. "guest_announce=off"
 
 
 @dataclass
@@ -203,7 +204,8 @@ class Guest:
                 "-chardev", f"socket,id=vu{i},path={_q(nic.socket)}{rc}",
                 "-netdev", f"vhost-user,id=net{i},chardev=vu{i}{mq}",
                 "-device", f"virtio-net-pci,netdev=net{i},mac={nic.mac},vectors=0"
-                + (",mq=on" if mq else ""),
+                + (",mq=on" if mq else "")
+                + (f",{nic.device_opts}" if nic.device_opts else ""),
             ]  # fmt: skip
         return args + self.extra_args
 

@@ -236,6 +236,8 @@ class VhostPort(Port):
             **self.vlan_info(),
             "idle_seconds": self.idle_seconds(),
             "socket": socket_file(self.cfg.path),
+            # Logging means a migration is under way (the guest leaves this port).
+            "migration": s.migration_info() if s else None,
         }
 
     def idle_seconds(self) -> float | None:

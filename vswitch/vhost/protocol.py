@@ -18,6 +18,12 @@ VRING_STATE = struct.Struct("<II")
 VRING_ADDR = struct.Struct("<IIQQQQ")
 MEM_HEADER = struct.Struct("<II")
 MEM_REGION = struct.Struct("<QQQQ")
+# SET_LOG_BASE: the log's size and offset in its file.
+LOG_BASE = struct.Struct("<QQ")
+# ADD_MEM_REG / REM_MEM_REG: 8 bytes of padding, then one region.
+MEM_SINGLE = struct.Struct("<QQQQQ")
+# SET_VRING_ADDR flags: log the used ring's writes at log_guest_addr.
+VRING_F_LOG = 0x1
 
 VERSION = 0x1
 FLAG_VERSION_MASK = 0x3
@@ -177,6 +183,17 @@ OFFERED_FEATURES = bits(
     F.CTRL_VQ,
     F.MQ,
     F.PROTOCOL_FEATURES,
+    F.LOG_ALL,
+)
+OFFERED_PROTOCOL_FEATURES = bits(
+    PF.MQ,
+    PF.LOG_SHMFD,
+    PF.RARP,
+    PF.REPLY_ACK,
+    PF.MTU,
+    PF.BACKEND_REQ,
+    PF.CONFIGURE_MEM_SLOTS,
+    PF.STATUS,
 )
 OFFERED_PROTOCOL_FEATURES = bits(PF.MQ, PF.REPLY_ACK, PF.MTU, PF.BACKEND_REQ, PF.STATUS)
 
@@ -256,6 +273,29 @@ def parse_mem_table(msg: Message) -> list[MemRegion]:
         MemRegion(*MEM_REGION.unpack_from(msg.payload, MEM_HEADER.size + i * MEM_REGION.size))
         for i in range(n)
     ]
+
+
+def parse_mem_single(msg: Message) -> MemRegion:
+    """ADD_MEM_REG / REM_MEM_REG: one region after 8 bytes of padding."""
+    msg.expect_size(MEM_SINGLE.size)
+    _padding, *region = MEM_SINGLE.unpack(msg.payload)
+    return MemRegion(*region)
+
+
+def parse_log_base(msg: Message) -> tuple[int, int]:
+    """SET_LOG_BASE: (size, offset) of the log in the file that comes with it."""
+    msg.expect_size(LOG_BASE.size)
+    size, offset = LOG_BASE.unpack(msg.payload)
+    return size, offset
+
+
+def rarp_frame(mac: bytes) -> bytes:
+    """The announcement QEMU itself sends for a migrated guest (net/announce.c):
+    a broadcast RARP "reverse request" (ethertype 0x8035) from the guest's MAC,
+    padded to the 60-byte minimum, so switches on the way learn where it went."""
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 3) + mac + bytes(4) + mac + bytes(4)
+    frame = b"\xff" * 6 + mac + struct.pack("!H", 0x8035) + arp
+    return frame.ljust(60, b"\0")
 
 
 def encode(

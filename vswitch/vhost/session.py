@@ -18,7 +18,9 @@ from dataclasses import dataclass
 
 from vswitch.fastpath import Fastpath, PollThreadStuck, Region
 from vswitch.limits import MAX_QUEUES, is_tx_ring
+from vswitch.vhost import migration
 from vswitch.vhost import protocol as P
+from vswitch.vhost.migration import MigrationHandlers
 from vswitch.vhost.protocol import PF, F, Message, ProtocolError, Req
 from vswitch.vhost.transport import PeerClosed, close_fds, recv_message, send
 
@@ -59,8 +61,9 @@ class Vring:
 # never wait (csrc/vs_peer.c), and so does check_broken (Fastpath.efd_signal).
 
 
-class VhostSession:
-    """Serves one front end on an accepted socket until it goes away."""
+class VhostSession(MigrationHandlers):
+    """Serves one front end on an accepted socket until it goes away (the
+    migration and hotplug messages are in vswitch/vhost/migration.py)."""
 
     def __init__(
         self,
@@ -276,6 +279,8 @@ class VhostSession:
     def _set_vring_addr(self, msg: Message) -> None:
         a = P.parse_vring_addr(msg)
         q = self._vring_index(a.index, msg)
+        # The log part first: the ring logs from its first write at the new address.
+        self._set_vring_log(q, a)
         self.dp.vring_addr(self.port, q, a.desc, a.used, a.avail)
 
     def _set_vring_base(self, msg: Message) -> None:
@@ -458,4 +463,5 @@ _HANDLERS: dict[int, tuple[_Handler, int | Callable[[Message], int] | None]] = {
     Req.SET_BACKEND_REQ_FD: (VhostSession._set_backend_req_fd, 1),
     Req.SET_STATUS: (VhostSession._set_status, 0),
     Req.GET_STATUS: (VhostSession._get_status, 0),
+    **migration.HANDLERS,
 }
