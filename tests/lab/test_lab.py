@@ -357,6 +357,7 @@ async def test_two_labs_side_by_side(capsys: pytest.CaptureFixture[str]) -> None
                 {
                     "a": "sw1",
                     "b": "sw2",
+                    "via": "tap",
                     "bridge": "br1",
                     "netns": "two-switches._trunk",
                     "state": "up",
