@@ -118,6 +118,7 @@ struct vs_region {
 
 struct vs_mem {
     uint32_t n;
+    uint32_t hint;          /* the region the last lookup found (a guess, checked) */
     struct vs_region r[VS_MAX_MEM_REGIONS];
 };
 
@@ -399,28 +400,37 @@ void *vs_uaddr_to_host(const struct vs_mem *mem, uint64_t ua, uint64_t len);
  * descriptor of every frame goes through here.  The table is sorted by gpa
  * and never overlaps (vs_mem.c), so the region is the last one starting at
  * or below gpa: a binary search, no step at all for a one-region guest, six
- * for the most a port may have (hotplugged DIMMs). */
-static inline uint8_t *vs_gpa_to_host(const struct vs_mem *mem, uint64_t gpa, uint64_t *len)
+ * for the most a port may have (hotplugged DIMMs), after a look at the
+ * region the last lookup found. */
+static inline uint8_t *vs_gpa_to_host(struct vs_mem *mem, uint64_t gpa, uint64_t *len)
 {
-    uint32_t lo = 0, hi = mem->n;
+    uint32_t lo = mem->hint, hi = mem->n;
     if (hi == 0)
         return NULL;
-    while (hi - lo > 1) {
-        uint32_t mid = (lo + hi) / 2;
-        if (mem->r[mid].gpa <= gpa)
-            lo = mid;
-        else
-            hi = mid;
-    }
+    /* Buffers of one burst mostly lie in one region: the last one found is
+     * tried first (lo < n always: the table never shrinks under a lookup,
+     * and a removal resets the hint). */
     const struct vs_region *r = &mem->r[lo];
     uint64_t off = gpa - r->gpa;
-    if (gpa >= r->gpa && off < r->size) {
-        uint64_t room = r->size - off;
-        if (*len > room)
-            *len = room;
-        return r->host + off;
+    if (__builtin_expect(!(gpa >= r->gpa && off < r->size), 0)) {
+        lo = 0;
+        while (hi - lo > 1) {
+            uint32_t mid = (lo + hi) / 2;
+            if (mem->r[mid].gpa <= gpa)
+                lo = mid;
+            else
+                hi = mid;
+        }
+        r = &mem->r[lo];
+        off = gpa - r->gpa;
+        if (!(gpa >= r->gpa && off < r->size))
+            return NULL;
+        mem->hint = lo;
     }
-    return NULL;
+    uint64_t room = r->size - off;
+    if (*len > room)
+        *len = room;
+    return r->host + off;
 }
 
 /* vs_mem.c: hotplug.  The table stays sorted; a removed region's mapping

@@ -117,6 +117,7 @@ int vs_mem_add(struct vs_mem *mem, const struct vs_mem_region *in)
         return rc;
     mem->n++;
     sort_regions(mem);
+    mem->hint = 0;
     return 0;
 }
 
@@ -130,6 +131,7 @@ int vs_mem_remove(struct vs_mem *mem, const struct vs_mem_region *in, struct vs_
         memmove(&mem->r[i], &mem->r[i + 1], (mem->n - i - 1) * sizeof(mem->r[0]));
         mem->n--;
         memset(&mem->r[mem->n], 0, sizeof(mem->r[0]));
+        mem->hint = 0;
         return 0;
     }
     return -ENOENT;

@@ -129,7 +129,8 @@ static void iov_put(const struct vs_iov *iov, uint32_t *i, uint32_t *off, const 
 }
 
 /* Marks the pages of the first used bytes of spans [from, to) in the dirty
- * log: what fill wrote into one buffer, header included. */
+ * log: what fill wrote into one frame's buffers, header included (a frame
+ * fills a prefix of its spans, buffer after buffer). */
 static void log_spans(struct vs_port *p, uint32_t from, uint32_t to, uint64_t used)
 {
     for (uint32_t s = from; s < to && used > 0; s++) {
@@ -176,17 +177,11 @@ static uint32_t fill(struct vs_port *p, struct vs_vring *vq, const struct rx_pla
         /* Each buffer reports how much of it was written. */
         uint64_t left = p->hdr_len + pkt->len;
         uint32_t span = iov0;
-        bool logging = __builtin_expect(p->logging, 0);
-        if (logging)
-            vs_log_fence();     /* the frame's bytes are visible before their bits are looked at */
         for (uint32_t h = head0; h < plan[j].head_end; h++) {
             uint64_t room = 0;
-            uint32_t first = span;
             for (; span < p->ends[h]; span++)
                 room += p->iov[span].len;
             uint32_t used = (uint32_t)(left < room ? left : room);
-            if (logging)
-                log_spans(p, first, span, used);
             put_used(vq, vq->last_used++, p->heads[h], used);
             left -= used;
         }
@@ -196,6 +191,16 @@ static uint32_t fill(struct vs_port *p, struct vs_vring *vq, const struct rx_pla
         vq->bytes += pkt->len;
         iov0 = plan[j].iov_end;
         head0 = plan[j].head_end;
+    }
+    if (__builtin_expect(p->logging, 0)) {
+        /* Once per burst: the frames' bytes are visible before their bits are
+         * looked at (vs_log_write), and all of it before the used index. */
+        vs_log_fence();
+        iov0 = 0;
+        for (uint32_t j = 0; j < nplan; j++) {
+            log_spans(p, iov0, plan[j].iov_end, p->hdr_len + plan[j].pkt->len);
+            iov0 = plan[j].iov_end;
+        }
     }
     return nplan;
 }

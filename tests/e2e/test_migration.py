@@ -101,3 +101,15 @@ async def test_migration_under_guest_load_loses_no_switch_write(
     report("logging on, guest load", res)
     assert res.source["migration"]["pages_marked"] > 0
     assert res.differing_streamed == 0, res
+
+
+async def test_migration_traffic_outage(tmp_path: Path, image: Path) -> None:
+    """As in production: the destination runs as soon as it has the guest (no -S, no
+    compare), and the longest gap between the host's ping replies (every 10 ms) is the
+    outage a peer sees: QEMU's downtime plus the rings coming up on the new port."""
+    async with MigrationRig(tmp_path, image, oracle=False) as rig:
+        res = await rig.run()
+    report("outage", res)
+    assert res.fdb_port == "vmB", res
+    assert res.destination["migration"]["announces"] >= 1, res.destination
+    assert res.ping_gap_ms < 3000, res  # TCG: seconds would mean the switch lost the guest

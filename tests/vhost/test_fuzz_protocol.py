@@ -59,7 +59,7 @@ from vswitch.config import parse_config
 from vswitch.daemon.switch import Switch
 from vswitch.testkit.vhost_frontend import QEMU_FEATURES, QEMU_PROTOCOL_FEATURES, Frontend
 from vswitch.vhost import protocol as P
-from vswitch.vhost.protocol import Req
+from vswitch.vhost.protocol import F, Req
 
 # Per test and datapath mode: 2 generators x 2 modes x 150 = 600 examples.
 EXAMPLES = int(os.environ.get("VSWITCH_FUZZ_EXAMPLES", "150"))
@@ -90,6 +90,7 @@ FD_KINDS = [
     "memfd-empty",
     "memfd-shrinks",  # cut to nothing once the messages are sent (under the rings)
     "memfd-sealable",  # could be sealed against shrinking, but is not
+    "memfd-sealed",  # sealed as QEMU seals its memory and its dirty log
     "socket",
     "pipe-r",
     "pipe-w",
@@ -115,10 +116,12 @@ class Fds:
             fd = os.eventfd(0, os.EFD_CLOEXEC)
             os.eventfd_write(fd, 0xFFFFFFFFFFFFFFFE)
         elif kind.startswith("memfd"):
-            sealing = os.MFD_ALLOW_SEALING if kind == "memfd-sealable" else 0
+            sealing = os.MFD_ALLOW_SEALING if kind in ("memfd-sealable", "memfd-sealed") else 0
             fd = os.memfd_create("fuzz", os.MFD_CLOEXEC | sealing)
             if kind != "memfd-empty":
                 os.ftruncate(fd, MEM)
+            if kind == "memfd-sealed":
+                fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK)
             if kind == "memfd-shrinks":
                 self.shrinks.append(fd)
         elif kind == "socket":
@@ -401,6 +404,8 @@ payloads = st.one_of(
     st.tuples(u32, u32).map(lambda t: P.VRING_STATE.pack(*t)),
     st.tuples(u32, u32, u64, u64, u64, u64).map(lambda t: P.VRING_ADDR.pack(*t)),
     mem_table(),
+    st.tuples(u64, u64).map(lambda t: P.LOG_BASE.pack(*t)),  # SET_LOG_BASE
+    st.tuples(u64, u64, u64, u64, u64).map(lambda t: P.MEM_SINGLE.pack(*t)),  # ADD/REM_MEM_REG
     # Around the maximum, filled with a short drawn pattern (cheap to generate).
     st.builds(
         lambda n, pat: (pat * (n // len(pat) + 1))[:n],
@@ -474,6 +479,16 @@ def qemu_sequence() -> list[Msg]:
         ]
     seq += [Msg(Req.SET_VRING_ENABLE, A, P.VRING_STATE.pack(q, 1)) for q in range(2)]
     seq += [Msg(Req.SET_STATUS, A, P.U64.pack(0xF))]
+    # Migration starts (QEMU's order): the log, LOG_ALL, the rings' addresses again with
+    # the log flag, each followed by GET_FEATURES, QEMU's barrier.
+    log_all = (QEMU_FEATURES & P.OFFERED_FEATURES) | 1 << F.LOG_ALL
+    seq += [Msg(Req.SET_LOG_BASE, V, P.LOG_BASE.pack(MEM // 4096 // 8, 0), fds=["memfd-sealed"]),
+            Msg(Req.SET_FEATURES, A, P.U64.pack(log_all)), Msg(Req.GET_FEATURES, V, b"")]
+    for q in range(2):
+        base = UADDR + q * 0x10000
+        addr = P.VRING_ADDR.pack(q, P.VRING_F_LOG, base + DESC, base + USED, base + AVAIL,
+                                 GPA + q * 0x10000 + USED)  # fmt: skip
+        seq += [Msg(Req.SET_VRING_ADDR, A, addr), Msg(Req.GET_FEATURES, V, b"")]
     seq += [Msg(Req.GET_VRING_BASE, V, P.VRING_STATE.pack(q, 0)) for q in range(2)]
     return seq
 
