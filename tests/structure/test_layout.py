@@ -127,3 +127,15 @@ def test_modules_stay_small() -> None:
         if len(p.read_text().splitlines()) > 500
     }
     assert set(long) <= set(LONG), {n: c for n, c in long.items() if n not in LONG}
+
+
+def test_test_modules_have_unique_names() -> None:
+    """tests/ has no packages, so pytest imports each test file by its basename: two of
+    one name in different folders stop the whole run at collection."""
+    seen: dict[str, Path] = {}
+    clashes = []
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        if path.name in seen:
+            clashes.append(f"{seen[path.name].relative_to(ROOT)} and {path.relative_to(ROOT)}")
+        seen.setdefault(path.name, path)
+    assert not clashes, clashes
