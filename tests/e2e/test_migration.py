@@ -4,7 +4,8 @@ every 10 ms and streams frames at it: the guest's RAM on both sides compared pag
 destination resumes, pings out, and the MAC table has the guest on its new port (moved by
 SEND_RARP before the guest sent anything).  Between two ports of one switch, between two
 switch processes, and with the switch as the socket client.  The rig is in
-tests/support/migration.py; the exact log bits are checked in tests/vhost/test_migration_messages.py.
+tests/support/migration.py; the exact log bits are checked in
+tests/vhost/test_migration_messages.py.
 
 Why the negative control runs a guest that dirties its own memory and the other tests do
 not: QEMU finishes a moment after its first pass over an idle guest, and the pages of the
