@@ -74,7 +74,8 @@ async def test_every_queue_carries_traffic_and_queue_counts_change(
                 await sw.wait_port(n, "up")
             vm1, vm2 = vms["vm1"], vms["vm2"]
             info = (await sw.ports())["vm1"]
-            assert "MQ" in info["features"] and "CTRL_VQ" in info["features"], info["features"]
+            # (QEMU keeps CTRL_VQ to itself: it runs the control queue.)
+            assert "MQ" in info["features"], info["features"]
             for n in MAC:
                 qs = await switch_queues(sw, n)
                 assert all(qs[q]["ready"] for q in range(4)), qs

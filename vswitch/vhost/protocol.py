@@ -195,7 +195,6 @@ OFFERED_PROTOCOL_FEATURES = bits(
     PF.CONFIGURE_MEM_SLOTS,
     PF.STATUS,
 )
-OFFERED_PROTOCOL_FEATURES = bits(PF.MQ, PF.REPLY_ACK, PF.MTU, PF.BACKEND_REQ, PF.STATUS)
 
 
 def offered_features(queue_pairs: int) -> int:
