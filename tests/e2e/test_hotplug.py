@@ -69,6 +69,8 @@ async def test_dimms_plugged_and_unplugged_under_traffic(tmp_path: Path, image: 
         info = (await sw.ports())["vmA"]
         assert "CONFIGURE_MEM_SLOTS" in info["protocol_features"], info
         base = await regions(rig)
+        # The control connection of the call above may still be closing in the daemon.
+        await asyncio.sleep(0.5)
         maps0, fds0 = switch_maps(pid), switch_fds(pid)
         qmp = await Qmp(str(tmp_path / "hp" / "qmp.sock")).connect()
         try:
@@ -110,6 +112,7 @@ async def test_dimms_plugged_and_unplugged_under_traffic(tmp_path: Path, image: 
             # One mapping per region, no descriptor kept: the DIMMs still plugged are
             # mapped, the unplugged one is not.
             assert switch_maps(pid) == maps0 + DIMMS - 1
+            await asyncio.sleep(0.5)  # as above
             assert switch_fds(pid) == fds0
         finally:
             await qmp.close()

@@ -34,6 +34,11 @@ class MigrationHandlers:
     log_size: int = 0  # bytes of dirty log mapped, 0 for none
     log_bases: int = 0  # SET_LOG_BASE messages taken this session
     announces: int = 0  # SEND_RARP messages taken
+    # ADD_MEM_REG'd regions (guest address, size, front-end address) -> how many times.
+    # QEMU keeps a vhost device per queue pair on the one connection, and each sends
+    # every region (QEMU 7.2 does not count ADD/REM_MEM_REG as one-time requests): a
+    # region is mapped on its first ADD and unmapped on its last REM.
+    mem_refs: dict[tuple[int, int, int], int]
 
     def _set_log_base(self, msg: Message) -> bytes:
         size, offset = P.parse_log_base(msg)
@@ -84,7 +89,14 @@ class MigrationHandlers:
 
     def _add_mem_reg(self, msg: Message) -> None:
         region = self._mem_region(msg, msg.fds[0])
+        key = (region.guest_phys_addr, region.size, region.user_addr)
+        if key in self.mem_refs:
+            self.mem_refs[key] += 1
+            log.debug("port %s: memory region at %#x added again (another queue pair's)",
+                      self.name, region.guest_phys_addr)  # fmt: skip
+            return
         self.dp.add_mem(self.port, region)
+        self.mem_refs[key] = 1
         # The mapping keeps the memory; the descriptor closes with the message.
         log.info(
             "port %s: memory region added at %#x, %d MiB (%d regions)",
@@ -98,7 +110,12 @@ class MigrationHandlers:
         # QEMU sends no descriptor; one that comes is closed with the message
         # (vhost-user.rst: the back end must close it).
         region = self._mem_region(msg, -1)
+        key = (region.guest_phys_addr, region.size, region.user_addr)
+        if self.mem_refs.get(key, 0) > 1:
+            self.mem_refs[key] -= 1
+            return
         self.dp.rem_mem(self.port, region)
+        self.mem_refs.pop(key, None)
         log.info(
             "port %s: memory region at %#x removed (%d regions)",
             self.name,

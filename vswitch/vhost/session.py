@@ -80,6 +80,7 @@ class VhostSession(MigrationHandlers):
         self.dp = dp
         self.port = port
         self.max_mtu = mtu
+        self.mem_refs = {}
         self.queue_pairs = queue_pairs
         self.offered = P.offered_features(queue_pairs)
         self.on_state = on_state or (lambda: None)
@@ -260,6 +261,7 @@ class VhostSession(MigrationHandlers):
                 for r, fd in zip(regions, msg.fds, strict=True)
             ],
         )
+        self.mem_refs = {}  # the whole table replaced what ADD_MEM_REG built
         # The mappings keep the memory; the descriptors close with the message.
         log.info(
             "port %s: memory table of %d region(s), %d MiB",
