@@ -81,14 +81,25 @@ async def test_migration_without_dirty_logging_is_caught(tmp_path: Path, image: 
     """The negative control: the same migration with the fast path's logging turned off
     (VSWITCH_TEST_NO_DIRTY_LOG, a test-only knob) must leave pages that differ, or the
     comparison above would prove nothing."""
-    async with MigrationRig(tmp_path, image, no_log=True, guest_dirty=True) as rig:
-        res = await rig.run()
-    report("no dirty log", res)
-    assert res.source["migration"]["pages_marked"] == 0
     # Not just any page: under this load QEMU loses some of the guest's own writes
     # too (see above), so the control asks for a page where a frame the switch wrote
-    # into an RX buffer did not reach the destination.
-    assert res.differing_streamed > 0, res
+    # into an RX buffer did not reach the destination.  One migration does not always
+    # show one: the guest itself often writes those pages again after the switch did
+    # (its driver refills the buffers), and QEMU sends them again for that.  So up to
+    # three migrations, each from a fresh rig; one page missed in any of them is the
+    # proof that the comparison sees a write the log did not carry.
+    results = []
+    for attempt in range(3):
+        (tmp_path / f"try{attempt}").mkdir()
+        async with MigrationRig(tmp_path / f"try{attempt}", image, no_log=True,
+                                guest_dirty=True) as rig:  # fmt: skip
+            res = await rig.run()
+        report(f"no dirty log, migration {attempt + 1}", res)
+        assert res.source["migration"]["pages_marked"] == 0
+        results.append(res)
+        if res.differing_streamed > 0:
+            break
+    assert any(r.differing_streamed > 0 for r in results), results
 
 
 async def test_migration_under_guest_load_loses_no_switch_write(
