@@ -19,6 +19,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "vs_capture.h"
 #include "vs_internal.h"
 
 _Static_assert((VS_CAP_MIN_RING & (VS_CAP_MIN_RING - 1)) == 0 &&

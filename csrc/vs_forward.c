@@ -12,7 +12,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "vs_capture.h"
 #include "vs_internal.h"
+#include "vs_vlan.h"
 
 #define KICK_BUDGET (8 * VS_BURST)
 
@@ -20,6 +22,12 @@ static inline uint64_t mac_at(const uint8_t *b)
 {
     return (uint64_t)b[0] << 40 | (uint64_t)b[1] << 32 | (uint64_t)b[2] << 24 |
            (uint64_t)b[3] << 16 | (uint64_t)b[4] << 8 | (uint64_t)b[5];
+}
+
+/* A TAP or VXLAN port's output. */
+static inline uint32_t fd_enqueue(struct vs_port *p, struct vs_pkt **pkts, uint32_t n)
+{
+    return p->kind == VS_PORT_VXLAN ? vs_vxlan_enqueue(p, pkts, n) : vs_tap_enqueue(p, pkts, n);
 }
 
 /* Can the port take frames now? */
@@ -160,7 +168,7 @@ static void mirror_deliver(struct vs_switch *sw, uint32_t o)
                 d->st.tx_drop_port_down += np - j;
                 break;
             }
-            if (vs_fd_enqueue(d, &d->pending[j], 1) > 0)
+            if (fd_enqueue(d, &d->pending[j], 1) > 0)
                 got += copy_at >> j & 1;
         }
     } else {
@@ -208,7 +216,7 @@ static void deliver(struct vs_switch *sw, uint32_t o, struct vs_pkt **pkts, uint
 {
     struct vs_port *d = &sw->ports[o];
     if (vs_fd_port(d)) {
-        vs_fd_enqueue(d, pkts, n);
+        fd_enqueue(d, pkts, n);
         return;
     }
     if (__builtin_expect(d->nrxq <= 1, 1)) {
@@ -383,6 +391,24 @@ static int serve_txq(struct vs_switch *sw, uint32_t port, uint32_t q, uint32_t b
     return (int)(total > 0 ? total : 1);
 }
 
+/* Serves a VXLAN port's socket for up to budget datagrams, each batch's
+ * frames forwarded a port at a time.  Datagrams count against the budget,
+ * dropped ones too: a flood of bad ones cannot keep us here. */
+static int serve_vxlan(struct vs_switch *sw, uint32_t port, uint32_t budget)
+{
+    uint32_t total = 0;
+    while (total < budget) {
+        uint32_t group[VS_BURST], count[VS_BURST], ng;
+        int n = vs_vxlan_dequeue(sw, port, sw->pkts, group, count, &ng);
+        if (n <= 0)
+            return total > 0 ? (int)total : n;
+        total += (uint32_t)n;
+        for (uint32_t g = 0, at = 0; g < ng; at += count[g], g++)
+            vs_forward(sw, group[g], sw->pkts + at, count[g]);
+    }
+    return (int)total;
+}
+
 /* Serves a port: a TAP or VXLAN port's descriptor, or every TX ring of a
  * vhost-user port that is ready or draining, the budget shared between
  * them so that a port's queue count does not buy it more of the loop.  The
@@ -391,7 +417,7 @@ int vs_serve(struct vs_switch *sw, uint32_t port, uint32_t budget, bool arm)
 {
     struct vs_port *p = &sw->ports[port];
     if (p->kind == VS_PORT_VXLAN)
-        return vs_vxlan_serve(sw, port, budget);
+        return serve_vxlan(sw, port, budget);
     if (vs_fd_port(p))
         return serve_tap(sw, port, budget);
     uint32_t rings[VS_MAX_QUEUES / VS_QUEUES_PER_PAIR], nrings = 0;

@@ -356,6 +356,20 @@ struct vs_switch {
     struct vs_port ports[VS_MAX_PORTS];
 };
 
+/* Marks a port broken: its rings stop until the control plane resets it.
+ * Only state, no call: every layer may break a port. */
+static inline void vs_port_break(struct vs_port *p, const char *why)
+{
+    if (!p->broken) {
+        p->broken = true;
+        p->error = why;
+        p->st.ring_errors++;
+    }
+    for (int q = 0; q < VS_MAX_QUEUES; q++)
+        p->vq[q].ready = p->vq[q].drain = false;
+    p->nrxq = 0;
+}
+
 /* The open port with this number, or NULL: every call of the API that names
  * a port goes through here first. */
 static inline struct vs_port *vs_port_get(struct vs_switch *sw, uint32_t port)
@@ -479,10 +493,12 @@ static inline void vs_log_write(struct vs_port *p, uint64_t gpa, uint64_t len)
     }
 }
 
-/* Publishes the used index of a ring of a logging port: the entries
- * written since the last publish are logged first, the index after it is
- * stored (when the ring logs its used ring, VHOST_VRING_F_LOG). */
-void vs_log_publish(struct vs_port *p, struct vs_vring *vq);
+/* Around the store that publishes a used index of a ring that logs its used
+ * ring (VHOST_VRING_F_LOG, on a logging port): the entries written since
+ * the last publish are logged before it, the index after it (vs_ring.h,
+ * publish_used_logged). */
+void vs_log_used_entries(struct vs_port *p, struct vs_vring *vq);
+void vs_log_used_index(struct vs_port *p, struct vs_vring *vq);
 /* Logs a write of len bytes at offset off of the used ring (flags, avail_event). */
 void vs_log_used_at(struct vs_port *p, struct vs_vring *vq, uint64_t off, uint64_t len);
 /* Works out p->logging after a change to the features, the log or the knob. */
@@ -494,7 +510,6 @@ void vs_vring_init(struct vs_vring *vq);
 int vs_vring_translate(struct vs_port *p, struct vs_vring *vq);
 void vs_vring_signal(struct vs_port *p, struct vs_vring *vq);
 void vs_vring_enable_kicks(struct vs_port *p, struct vs_vring *vq, bool on);
-void vs_port_break(struct vs_port *p, const char *why);
 
 /* vs_vring_tx.c: frames the guest sends.  Up to max frames are referenced
  * in pkts (their chains' used entries written, not yet published);
@@ -550,23 +565,6 @@ int vs_serve_guarded(struct vs_switch *sw, int32_t port, uint32_t budget, bool a
  * served port gets its chains back. */
 void vs_forward_recover(struct vs_switch *sw);
 
-/* vs_capture.c */
-void vs_capture_frame(struct vs_port *p, uint32_t dir, const struct vs_pkt *pkt);
-
-static inline bool vs_capturing(const struct vs_port *p, uint32_t dir)
-{
-    return __builtin_expect(p->cap != NULL, 0) && (p->cap->dirs & dir);
-}
-
-/* Counts a frame given to a port, and mirrors it to a running capture. */
-static inline void vs_delivered(struct vs_port *p, const struct vs_pkt *pkt)
-{
-    p->st.tx_packets++;
-    p->st.tx_bytes += pkt->len;
-    if (vs_capturing(p, VS_CAP_TX))
-        vs_capture_frame(p, VS_CAP_TX, pkt);
-}
-
 /* vs_vlan.c: 802.1Q on ports, see there. */
 #define VS_ETH_8021Q 0x8100
 
@@ -589,31 +587,6 @@ static inline bool vs_leaves_tagged(const struct vs_port *d, uint16_t v)
     return d->vlan != v;
 }
 
-/* Classifies a frame taken from port ip: its VLAN into pkt->vlan, a tag
- * taken off (the frame then looks untagged: eth's ethertype is the one the
- * tag carried).  false: the frame is dropped (counted on ip and its VLAN). */
-bool vs_vlan_ingress(struct vs_switch *sw, struct vs_port *ip, struct vs_pkt *pkt);
-/* Frame i of the burst with its tag (made once per burst). */
-struct vs_pkt *vs_vlan_tagged(struct vs_switch *sw, uint32_t i);
-
-/* Frame i of the burst as port d gets it: sw->burst[i] or its tagged view.
- * Inline: it runs for every frame queued on a port. */
-static inline struct vs_pkt *vs_vlan_view(struct vs_switch *sw, const struct vs_port *d,
-                                          uint32_t i)
-{
-    struct vs_pkt *u = &sw->burst[i];
-    if (__builtin_expect(!vs_leaves_tagged(d, u->vlan), 1))
-        return u;
-    return vs_vlan_tagged(sw, i);
-}
-/* Which frame of the burst a pointer vs_vlan_view returned is. */
-static inline uint32_t vs_burst_index(const struct vs_switch *sw, const struct vs_pkt *pkt)
-{
-    if (pkt >= sw->tagged && pkt < sw->tagged + VS_BURST)
-        return (uint32_t)(pkt - sw->tagged);
-    return (uint32_t)(pkt - sw->burst);
-}
-
 /* vs_flow.c: a hash of a frame's flow (addresses, and the IPv4/IPv6 5-tuple
  * where there is one), so that one flow always picks the same RX queue. */
 uint32_t vs_flow_hash(const struct vs_pkt *pkt);
@@ -627,11 +600,16 @@ uint32_t vs_tap_enqueue(struct vs_port *p, struct vs_pkt **pkts, uint32_t n);
 
 /* vs_vxlan.c: VXLAN ports, a UDP socket (p->fd) per endpoint, read and
  * written in batches.  Like a TAP, a port whose frames go through a file
- * descriptor: vs_fd_port says which kinds, vs_fd_enqueue picks the kind's
+ * descriptor: vs_fd_port says which kinds; vs_forward.c picks the kind's
  * output. */
-/* Serves the UDP socket of port (shared by the VXLAN ports of one endpoint,
- * each datagram going to the port of its VNI) for up to budget datagrams. */
-int vs_vxlan_serve(struct vs_switch *sw, uint32_t port, uint32_t budget);
+/* Reads one batch from the UDP socket of port (shared by the VXLAN ports of
+ * one endpoint, each datagram going to the port of its VNI) and decapsulates
+ * it: pkts then holds ngroups runs of frames, count[g] of them from port
+ * group[g], in arrival order within each.  Returns the datagrams read, bad
+ * ones included (they count against the caller's budget), 0 for none, or a
+ * negative errno once the port is broken. */
+int vs_vxlan_dequeue(struct vs_switch *sw, uint32_t port, struct vs_pkt *pkts,
+                     uint32_t *group, uint32_t *count, uint32_t *ngroups);
 uint32_t vs_vxlan_enqueue(struct vs_port *p, struct vs_pkt **pkts, uint32_t n);
 void vs_vxlan_free(struct vs_port *p);
 
@@ -640,10 +618,6 @@ static inline bool vs_fd_port(const struct vs_port *p)
     return p->kind == VS_PORT_TAP || p->kind == VS_PORT_VXLAN;
 }
 
-static inline uint32_t vs_fd_enqueue(struct vs_port *p, struct vs_pkt **pkts, uint32_t n)
-{
-    return p->kind == VS_PORT_VXLAN ? vs_vxlan_enqueue(p, pkts, n) : vs_tap_enqueue(p, pkts, n);
-}
 
 /* vs_fdb.c: the MAC table on its own.  Times are the switch's coarse
  * seconds (sw->now); ports are below VS_MAX_PORTS, mac and vlan within

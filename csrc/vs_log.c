@@ -14,7 +14,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 
-#include "vs_ring.h"
+#include "vs_internal.h"
 
 void vs_log_refresh(struct vs_port *p)
 {
@@ -99,12 +99,8 @@ void vs_log_used_at(struct vs_port *p, struct vs_vring *vq, uint64_t off, uint64
     vs_log_write(p, vq->log_gpa + off, len);
 }
 
-void vs_log_publish(struct vs_port *p, struct vs_vring *vq)
+void vs_log_used_entries(struct vs_port *p, struct vs_vring *vq)
 {
-    if (!vq->log_used) {
-        publish_used(vq);
-        return;
-    }
     uint16_t n = (uint16_t)(vq->last_used - vq->pub_used);
     const uint64_t elem = sizeof(struct vring_used_elem);
     const uint64_t ring = offsetof(struct vring_used, ring);
@@ -118,7 +114,10 @@ void vs_log_publish(struct vs_port *p, struct vs_vring *vq)
     vs_log_write(p, vq->log_gpa + ring + from * elem, first * elem);
     if (n > first)
         vs_log_write(p, vq->log_gpa + ring, (n - first) * elem);
-    publish_used(vq);
+}
+
+void vs_log_used_index(struct vs_port *p, struct vs_vring *vq)
+{
     /* The index is marked after it is stored, as any write is: marked
      * before, QEMU could copy the page in between and clear the bit. */
     vs_log_fence();

@@ -180,10 +180,12 @@ static inline void publish_used(struct vs_vring *vq)
  * when it does not. */
 static inline void publish_used_logged(struct vs_port *p, struct vs_vring *vq)
 {
-    if (__builtin_expect(p->logging, 0))
-        vs_log_publish(p, vq);
-    else
-        publish_used(vq);
+    bool log = __builtin_expect(p->logging, 0) && vq->log_used;
+    if (log)
+        vs_log_used_entries(p, vq);
+    publish_used(vq);
+    if (log)
+        vs_log_used_index(p, vq);
 }
 
 /* Reads the avail index; a jump of more than the ring size means the

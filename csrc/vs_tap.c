@@ -7,6 +7,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "vs_capture.h"
 #include "vs_internal.h"
 
 int vs_tap_dequeue(struct vs_port *p, struct vs_pkt *pkts, uint32_t max)

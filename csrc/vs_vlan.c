@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "vs_vlan.h"
 #include "vs_internal.h"
 
 #define ETH_8021AD 0x88a8

@@ -7,18 +7,6 @@
 
 #include "vs_ring.h"
 
-void vs_port_break(struct vs_port *p, const char *why)
-{
-    if (!p->broken) {
-        p->broken = true;
-        p->error = why;
-        p->st.ring_errors++;
-    }
-    for (int q = 0; q < VS_MAX_QUEUES; q++)
-        p->vq[q].ready = p->vq[q].drain = false;
-    p->nrxq = 0;
-}
-
 void vs_vring_init(struct vs_vring *vq)
 {
     memset(vq, 0, sizeof(*vq));

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "vs_capture.h"
 #include "vs_ring.h"
 
 static const char *const rx_outside[2] = {

@@ -41,7 +41,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include "vs_internal.h"
+#include "vs_capture.h"
 
 #define VX_HDR 8                /* the VXLAN header */
 #define VX_UDP 8                /* the UDP header the switch writes */
@@ -223,88 +223,78 @@ static int receive(struct vs_port *p, struct vs_pkt *pkts, uint32_t max)
     return n;
 }
 
-int vs_vxlan_serve(struct vs_switch *sw, uint32_t port, uint32_t budget)
+int vs_vxlan_dequeue(struct vs_switch *sw, uint32_t port, struct vs_pkt *pkts,
+                     uint32_t *group, uint32_t *count, uint32_t *ngroups)
 {
     struct vs_port *p = &sw->ports[port];
     struct vs_vxlan *vx = p->vx;
-    struct vs_pkt *pkts = sw->pkts;
-    uint32_t total = 0;
+    *ngroups = 0;
     if (!vx || p->fd < 0)
         return p->broken ? -EIO : 0;
-    /* Datagrams count against the budget, dropped ones too: a flood of bad
-     * ones cannot keep us here. */
-    while (total < budget) {
-        int n = receive(p, pkts, VS_BURST);
-        if (n <= 0)
-            return total > 0 ? (int)total : n;
-        total += (uint32_t)n;
-        /* Each datagram's port (its VNI's), or none: dropped. */
-        struct vs_port *to[VS_BURST];
-        uint32_t taken = 0;
-        bool mixed = false;
-        for (uint32_t i = 0; i < (uint32_t)n; i++) {
-            to[i] = NULL;
-            if (vx->msgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
-                vx->st.rx_datagrams++;
-                vx->st.rx_drop_vxlan_trunc++;
-                continue;
-            }
-            uint32_t len = vx->msgs[i].msg_len;
-            int32_t vni = header_vni(vx, pkts[i].buf, len);
-            if (vni < 0) {
-                vx->st.rx_datagrams++;
-                continue;
-            }
-            struct vs_port *q = member(sw, p, (uint32_t)vni);
-            if (!q) {
-                vx->st.rx_datagrams++;
-                vx->st.rx_drop_vxlan_vni++;
-                continue;
-            }
-            if (!decap(q, &pkts[i], len, &vx->names[i]))
-                continue;
-            to[i] = q;
-            mixed |= q != p;
-            taken++;
-        }
-        if (taken == 0)
+    int n = receive(p, pkts, VS_BURST);
+    if (n <= 0)
+        return n;
+    /* Each datagram's port (its VNI's), or none: dropped. */
+    struct vs_port *to[VS_BURST];
+    uint32_t taken = 0;
+    bool mixed = false;
+    for (uint32_t i = 0; i < (uint32_t)n; i++) {
+        to[i] = NULL;
+        if (vx->msgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
+            vx->st.rx_datagrams++;
+            vx->st.rx_drop_vxlan_trunc++;
             continue;
-        /* Frames grouped by port, in order within each (a permutation of the
-         * slots, so every buffer keeps one owner), then forwarded a group at
-         * a time from its port. */
-        struct vs_pkt sorted[VS_BURST];
-        struct vs_port *group[VS_BURST];
-        uint32_t ng = 0, at = 0;
-        if (!mixed)
-            group[ng++] = p;
-        for (uint32_t i = 0; mixed && i < (uint32_t)n; i++) {
-            bool seen = to[i] == NULL;
-            for (uint32_t g = 0; g < ng && !seen; g++)
-                seen = group[g] == to[i];
-            if (!seen)
-                group[ng++] = to[i];
         }
-        uint32_t count[VS_BURST];
-        for (uint32_t g = 0; g < ng; g++) {
-            count[g] = 0;
-            for (uint32_t i = 0; i < (uint32_t)n; i++) {
-                if (to[i] == group[g]) {
-                    sorted[at++] = pkts[i];
-                    count[g]++;
-                }
-            }
+        uint32_t len = vx->msgs[i].msg_len;
+        int32_t vni = header_vni(vx, pkts[i].buf, len);
+        if (vni < 0) {
+            vx->st.rx_datagrams++;
+            continue;
         }
-        for (uint32_t i = 0; i < (uint32_t)n; i++)
-            if (to[i] == NULL)
+        struct vs_port *q = member(sw, p, (uint32_t)vni);
+        if (!q) {
+            vx->st.rx_datagrams++;
+            vx->st.rx_drop_vxlan_vni++;
+            continue;
+        }
+        if (!decap(q, &pkts[i], len, &vx->names[i]))
+            continue;
+        to[i] = q;
+        mixed |= q != p;
+        taken++;
+    }
+    if (taken == 0)
+        return n;
+    /* Frames grouped by port, in order within each (a permutation of the
+     * slots, so every buffer keeps one owner), the dropped ones last. */
+    struct vs_pkt sorted[VS_BURST];
+    struct vs_port *by[VS_BURST];
+    uint32_t ng = 0, at = 0;
+    if (!mixed)
+        by[ng++] = p;
+    for (uint32_t i = 0; mixed && i < (uint32_t)n; i++) {
+        bool seen = to[i] == NULL;
+        for (uint32_t g = 0; g < ng && !seen; g++)
+            seen = by[g] == to[i];
+        if (!seen)
+            by[ng++] = to[i];
+    }
+    for (uint32_t g = 0; g < ng; g++) {
+        group[g] = by[g]->id;
+        count[g] = 0;
+        for (uint32_t i = 0; i < (uint32_t)n; i++) {
+            if (to[i] == by[g]) {
                 sorted[at++] = pkts[i];
-        memcpy(pkts, sorted, sizeof(sorted[0]) * (uint32_t)n);
-        at = 0;
-        for (uint32_t g = 0; g < ng; g++) {
-            vs_forward(sw, group[g]->id, pkts + at, count[g]);
-            at += count[g];
+                count[g]++;
+            }
         }
     }
-    return (int)total;
+    for (uint32_t i = 0; i < (uint32_t)n; i++)
+        if (to[i] == NULL)
+            sorted[at++] = pkts[i];
+    memcpy(pkts, sorted, sizeof(sorted[0]) * (uint32_t)n);
+    *ngroups = ng;
+    return n;
 }
 
 /* A 32-bit mix (murmur3's finaliser) of a value into a running hash. */
