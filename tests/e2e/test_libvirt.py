@@ -280,3 +280,52 @@ def test_documented_xml_is_accepted(libvirt: Libvirt) -> None:
         assert f"mode='{role}'" in dumped and "<access mode='shared'/>" in dumped, dumped
         assert "name='host_mtu'" in dumped
         libvirt.remove(name)
+
+
+async def test_libvirt_guest_with_two_queue_pairs(work: Path, libvirt: Libvirt) -> None:
+    """docs/libvirt.md's multiqueue: `<driver queues='2'/>` and two vCPUs. The switch sees
+    both pairs' rings set up and enabled, the guest's eth0 has two combined channels, and
+    traffic to a namespace host and back crosses the switch."""
+    tag = uuid.uuid4().hex[:6]
+    dom, netns, tap = f"{PREFIX}{tag}-mq", f"vswlq-{tag}", f"vlq{tag}"
+    sock = work / "switch/mq.sock"
+    vm = {"name": "a", "type": "vhost-user", "path": str(sock), "group": QEMU_USER,
+          "socket_mode": "0660", "queues": 2}  # fmt: skip
+    host = {"name": "h1", "type": "tap", "ifname": tap, "netns": netns,
+            "addresses": [f"{HOST}/24"]}  # fmt: skip
+    sw = SwitchProcess(work, [vm, host], log_level="info")
+    xml = domain_xml(
+        dom,
+        kernel=work / "vmlinuz",
+        initrd=work / "initramfs.img",
+        cmdline=cmdline("a"),
+        mac=MAC["a"],
+        vhost_socket=sock,
+        qemu_listens=False,
+        console=work / f"{dom}.console.log",
+        agent=work / "qemu/mq.agent",
+        queues=2,
+    )
+    assert "<driver queues='2'/>" in xml
+    libvirt.define(dom, xml)
+    g = LibvirtGuest(dom, work, work / "qemu/mq.agent")
+    async with sw:
+        try:
+            await g.start()
+            await g.wait_ready(240)
+            r = await g.exec("ethtool -l eth0", timeout=30)
+            assert r.rc == 0, r.stdout + r.stderr
+            current = r.stdout.split("Current hardware settings:")[-1]
+            assert re.search(r"Combined:\s+2", current), r.stdout
+            await ping(g, HOST, count=4, interval=0.3)
+            info = (await sw.ports())["a"]
+            assert "MQ" in info["features"], info["features"]
+            rings = {q["index"]: q for q in info["queues"]}
+            assert all(rings[q]["ready"] for q in range(4)), rings
+            assert rings[0]["packets"] + rings[2]["packets"] > 0, rings  # guest RX
+            assert rings[1]["packets"] + rings[3]["packets"] > 0, rings  # guest TX
+        finally:
+            await g.kill()
+            libvirt.remove(dom)
+    assert libvirt.leftovers() == []
+    assert not netns_exists(netns)

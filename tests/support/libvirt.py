@@ -184,13 +184,16 @@ def domain_xml(
     agent: Path,
     mtu: int = 1500,
     memory_mb: int = 128,
+    queues: int = 1,
 ) -> str:
     """A TCG domain on one vswitch port, as docs/libvirt.md writes it: shared memfd memory,
     a vhostuser interface (QEMU connects with reconnect, or listens: `qemu_listens`), the
     MTU and vectors=0 (QEMU 7.2 under TCG) through <qemu:override>, the console in a file
-    and the exec agent's serial port on a unix socket."""
+    and the exec agent's serial port on a unix socket.  queues > 1: that many queue pairs
+    (`<driver queues=.../>`, libvirt then sets mq=on) and as many vCPUs."""
     role = "server" if qemu_listens else "client"
     reconnect = "" if qemu_listens else "\n        <reconnect enabled='yes' timeout='1'/>"
+    driver = f"\n      <driver queues='{queues}'/>" if queues > 1 else ""
     return f"""<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>{name}</name>
   <uuid>{uuid.uuid4()}</uuid>
@@ -199,7 +202,7 @@ def domain_xml(
     <source type='memfd'/>
     <access mode='shared'/>
   </memoryBacking>
-  <vcpu>1</vcpu>
+  <vcpu>{max(1, queues)}</vcpu>
   <os>
     <type arch='x86_64' machine='q35'>hvm</type>
     <kernel>{kernel}</kernel>
@@ -214,7 +217,7 @@ def domain_xml(
       <mac address='{mac}'/>
       <source type='unix' path={quoteattr(str(vhost_socket))} mode='{role}'>{reconnect}
       </source>
-      <model type='virtio'/>
+      <model type='virtio'/>{driver}
       <alias name='ua-vswitch0'/>
     </interface>
     <serial type='file'>
